@@ -1,0 +1,1 @@
+//! Per-user state directories: typed ids, the on-disk layout, permissions, templates, atomic writes and archives.

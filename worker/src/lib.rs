@@ -1,0 +1,1 @@
+//! `wirebot-worker`: a Clawdbot-compatible gateway (protocol v3, sessions, model router, memory, skills, cron).
