@@ -1,1 +1,11 @@
 //! The Wirebot supervisor library: config, registry, admin API, CLI client, worker lifecycle, isolation, proxy.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod lifecycle;
+pub mod proxy;
+pub mod registry;
+pub mod sandbox;

@@ -1,4 +1,18 @@
 //! The end-to-end suite: one test binary, one module per feature, each driving the real binaries on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod tidy;
+mod admin_api; // admin HTTP API over the unix socket: endpoints, problem+json errors, OpenAPI document
+mod clawdbot_compat; // the real Clawdbot CLI and gateway against our worker and state layout
+mod cli; // the `wirebot` CLI: user add/list/show/remove, exit codes, hostile ids
+mod config; // wirebot.toml parsing: every mistake reported at once
+mod cron; // worker cron engine end to end
+mod deploy; // deploy/ files: systemd unit verified, cloudflared ingress
+mod gateway; // worker WS control plane, HTTP surface, sessions, failover against the fake provider
+mod isolation; // tenant A cannot read, signal, ptrace or reach tenant B
+mod lifecycle; // spawn, crash restart, quarantine, graceful stop, re-adoption
+mod memory; // worker memory indexing and hybrid search quality
+mod provisioning; // per-user tree modes and owners, idempotence, rollback, archive-before-delete
+mod proxy; // routing by binding, WebSocket and SSE pass-through, cross-tenant matrix
+mod skills; // SKILL.md discovery and gating in the prompt
+mod tidy; // every .rs opens with //!, ARCHITECTURE.md names every crate
+mod webchat; // headless Chromium drives the WebChat page

@@ -35,3 +35,8 @@ macro_rules! require_root {
         }
     };
 }
+
+pub mod fake_embeddings;
+pub mod fake_provider;
+pub mod supervisor;
+pub mod worker;

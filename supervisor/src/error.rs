@@ -1,0 +1,1 @@
+//! (owned by the control-plane engineer; to be written)

@@ -1,0 +1,1 @@
+//! Worker lifecycle: one owning task per worker (to be written).

@@ -1,0 +1,1 @@
+//! Edge reverse proxy routing member traffic by binding (to be written).

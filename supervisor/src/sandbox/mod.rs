@@ -1,0 +1,1 @@
+//! Pre-exec isolation of worker processes (to be written).

@@ -1,0 +1,1 @@
+//! Harness for the real `wirebot` daemon and CLI (to be written).

@@ -1,0 +1,1 @@
+//! Harness for the real `wirebot-worker` and a protocol v3 WebSocket client (to be written).

@@ -1,0 +1,1 @@
+//! Cron engine: jobs.json store, schedules, runner (to be written).

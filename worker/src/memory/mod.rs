@@ -1,0 +1,1 @@
+//! Markdown memory: chunking, SQLite FTS5 + sqlite-vec index, hybrid search (to be written).

@@ -1,0 +1,1 @@
+//! SKILL.md discovery, front matter, gating, prompt block (to be written).
