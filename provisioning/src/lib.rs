@@ -1,1 +1,20 @@
-//! Per-user state directories: typed ids, the on-disk layout, permissions, templates, atomic writes and archives.
+//! Per-user state directories: typed ids, the on-disk layout, modes and owners, the `clawdbot.json` template,
+//! atomic writes, and archives of removed users. Sync std code (no async runtime); depends on nothing of ours.
+
+mod archive;
+pub mod atomic;
+mod error;
+mod layout;
+mod perms;
+mod provision;
+mod secret;
+mod template;
+mod user_id;
+
+pub use archive::{deprovision, restore_archive};
+pub use error::Error;
+pub use layout::Layout;
+pub use perms::Owner;
+pub use provision::{ProvisionSpec, Provisioned, gateway_token, provision, rotate_gateway_token};
+pub use secret::Secret;
+pub use user_id::{InvalidTier, InvalidUserId, Tier, UserId};

@@ -1,0 +1,152 @@
+//! Modes and owners: make an existing path a real dir/file with an exact mode and owner, never following symlinks.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::Path;
+
+use crate::Error;
+
+/// The uid/gid a tenant's tree belongs to. When running as root each tenant has its own pair (no passwd entry needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Tenant uid.
+    pub uid: u32,
+    /// Tenant gid.
+    pub gid: u32,
+}
+
+/// What [`ensure_dir`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The directory was created.
+    Created,
+    /// It existed; its mode or owner was fixed.
+    Fixed,
+    /// It existed exactly as wanted.
+    Unchanged,
+}
+
+impl Change {
+    /// Anything on disk changed.
+    pub(crate) fn changed(self) -> bool {
+        self != Change::Unchanged
+    }
+}
+
+/// Ensure `path` is a real directory (created if missing, never through a symlink) with exactly `mode` and `owner`.
+pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<Owner>) -> Result<Change, Error> {
+    let created = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => false,
+        Ok(meta) => return Err(wrong_type(path, "directory", &meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(mode & 0o7777)
+                .create(path)
+                .map_err(Error::io("create directory", path))?;
+            true
+        }
+        Err(e) => {
+            return Err(Error::Io {
+                op: "inspect",
+                path: path.to_owned(),
+                source: e,
+            });
+        }
+    };
+    let dir = open_nofollow(path, nix::libc::O_DIRECTORY)?;
+    let fixed = fix(&dir, path, mode, owner)?;
+    Ok(if created {
+        Change::Created
+    } else if fixed {
+        Change::Fixed
+    } else {
+        Change::Unchanged
+    })
+}
+
+/// Ensure the existing `path` is a regular file (not a symlink) with exactly `mode` and `owner`; returns whether
+/// anything was fixed.
+pub(crate) fn fix_file(path: &Path, mode: u32, owner: Option<Owner>) -> Result<bool, Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(Error::io("inspect", path))?;
+    if !meta.is_file() {
+        return Err(wrong_type(path, "regular file", &meta));
+    }
+    // O_NONBLOCK: a FIFO swapped in after the check must not hang us; O_NOFOLLOW: nor may a symlink redirect us.
+    let file = open_nofollow(path, nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)?;
+    let meta = file.metadata().map_err(Error::io("inspect", path))?;
+    if !meta.is_file() {
+        return Err(wrong_type(path, "regular file", &meta));
+    }
+    fix(&file, path, mode, owner)
+}
+
+/// Set mode and owner through an open fd, touching only what differs (so a correct tree keeps its ctime too);
+/// returns whether anything was fixed.
+fn fix(file: &File, path: &Path, mode: u32, owner: Option<Owner>) -> Result<bool, Error> {
+    let meta = file.metadata().map_err(Error::io("inspect", path))?;
+    let mut fixed = false;
+    if let Some(owner) = owner
+        && (meta.uid() != owner.uid || meta.gid() != owner.gid)
+    {
+        // chown before chmod: chown clears setuid/setgid bits, chmod sets the exact mode afterwards.
+        chown_fd(file, path, owner)?;
+        fixed = true;
+    }
+    if fixed || meta.mode() & 0o7777 != mode & 0o7777 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(Error::io("chmod", path))?;
+        fixed = true;
+    }
+    Ok(fixed)
+}
+
+/// fchown an open file to `owner`.
+pub(crate) fn chown_fd(file: &File, path: &Path, owner: Owner) -> Result<(), Error> {
+    std::os::unix::fs::fchown(file, Some(owner.uid), Some(owner.gid)).map_err(|source| {
+        Error::Chown {
+            path: path.to_owned(),
+            uid: owner.uid,
+            gid: owner.gid,
+            source,
+        }
+    })
+}
+
+/// Open `path` read-only without following a symlink in its last component.
+fn open_nofollow(path: &Path, flags: i32) -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | flags)
+        .open(path)
+        .map_err(Error::io("open", path))
+}
+
+/// `Error::WrongFileType` for `meta` found at `path`.
+pub(crate) fn wrong_type(path: &Path, expected: &'static str, meta: &Metadata) -> Error {
+    Error::WrongFileType {
+        path: path.to_owned(),
+        expected,
+        found: type_name(meta),
+    }
+}
+
+/// A human name for a file type.
+fn type_name(meta: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
