@@ -32,3 +32,33 @@ impl fmt::Debug for Secret {
         f.write_str("Secret(***)")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = Secret::from("sk-live-123".to_owned());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{:?}", Some(&s)), "Some(Secret(***))");
+        assert_eq!(s.expose(), "sk-live-123");
+    }
+
+    #[test]
+    fn generated_tokens_are_32_random_bytes_base64url() {
+        let a = Secret::generate();
+        let b = Secret::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 43);
+        assert!(
+            a.expose()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(a.expose())
+            .unwrap();
+        assert_eq!(raw.len(), 32);
+    }
+}

@@ -181,3 +181,169 @@ impl fmt::Display for Tier {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids that must never parse: path tricks, case, Unicode look-alikes, control characters, length, shell tricks.
+    const HOSTILE: &[&str] = &[
+        "",
+        ".",
+        "..",
+        "a/b",
+        "/",
+        "/etc",
+        "../etc",
+        "a/../b",
+        "A",
+        "Alice",
+        "aLice",
+        "ａ",
+        "ａlice",
+        "-x",
+        "_x",
+        "--help",
+        "a\0b",
+        "\0",
+        "a b",
+        " a",
+        "a ",
+        ".hidden",
+        "é",
+        "café",
+        "a\n",
+        "\n",
+        "a\tb",
+        "\t",
+        "🦀",
+        "a🦀",
+        "a.b",
+        "a:b",
+        "a\\b",
+        "CON",
+        "NUL",
+        "a*",
+        "a?b",
+        "$(id)",
+        "a;b",
+        "a|b",
+        "a'b",
+        "a\"b",
+        "a%2fb",
+        "a@b",
+        "a+b",
+        "ı",
+        "K",         // Kelvin sign, folds to 'k'
+        "a\u{200b}", // zero-width space
+        "a\u{7f}",
+        "\u{1b}[31m",
+    ];
+
+    #[test]
+    fn hostile_ids_are_refused_with_a_one_line_reason() {
+        let too_long = "a".repeat(64);
+        let way_too_long = "b".repeat(300);
+        let mut all: Vec<&str> = HOSTILE.to_vec();
+        all.push(&too_long);
+        all.push(&way_too_long);
+        assert!(all.len() >= 30);
+        for id in all {
+            let err = id.parse::<UserId>().expect_err(id);
+            let msg = err.to_string();
+            assert!(
+                !msg.contains('\n') && !msg.contains('\0') && !msg.contains('\t'),
+                "not one printable line: {msg:?}"
+            );
+            assert!(msg.starts_with("user id \""), "{msg}");
+            assert_eq!(err.input(), id);
+            assert!(
+                serde_json::from_value::<UserId>(serde_json::Value::String(id.to_owned())).is_err(),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_offending_character_and_position() {
+        let check = |id: &str, expected: &str| {
+            assert_eq!(id.parse::<UserId>().unwrap_err().to_string(), expected)
+        };
+        check(
+            "a/b",
+            "user id \"a/b\" is invalid: character '/' at position 1 is not allowed (use a-z, 0-9, '_' or '-')",
+        );
+        check(
+            "",
+            "user id \"\" is invalid: it is empty (use 1 to 63 characters: a-z, 0-9, '_' or '-')",
+        );
+        check(
+            "-x",
+            "user id \"-x\" is invalid: character '-' at position 0 is not allowed as the first character (start with a-z or 0-9)",
+        );
+        check(
+            "a\n",
+            "user id \"a\\n\" is invalid: character '\\n' at position 1 is not allowed (use a-z, 0-9, '_' or '-')",
+        );
+        check(
+            "ａ",
+            "user id \"\\u{ff41}\" is invalid: character '\\u{ff41}' at position 0 is not allowed (use a-z, 0-9, '_' or '-')",
+        );
+        check(
+            "A",
+            "user id \"A\" is invalid: character 'A' at position 0 is not allowed (use a-z, 0-9, '_' or '-')",
+        );
+        check(
+            &"a".repeat(64),
+            &format!(
+                "user id \"{}\" is invalid: it is 64 characters long (at most 63)",
+                "a".repeat(64)
+            ),
+        );
+    }
+
+    #[test]
+    fn good_ids_are_accepted_and_round_trip() {
+        let longest = format!("z{}", "9".repeat(62));
+        for id in [
+            "a",
+            "0",
+            "alice",
+            "bob-2",
+            "carol_smith",
+            "a-",
+            "a_",
+            "9lives",
+            "x-y_z",
+            longest.as_str(),
+        ] {
+            let parsed: UserId = id.parse().unwrap();
+            assert_eq!(parsed.as_str(), id);
+            assert_eq!(parsed.to_string(), id);
+            let json = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(json, format!("\"{id}\""));
+            assert_eq!(serde_json::from_str::<UserId>(&json).unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn tiers_parse_display_and_serialise_lowercase() {
+        for (s, t) in [("shared", Tier::Shared), ("dedicated", Tier::Dedicated)] {
+            assert_eq!(s.parse::<Tier>().unwrap(), t);
+            assert_eq!(t.to_string(), s);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{s}\""));
+            assert_eq!(
+                serde_json::from_str::<Tier>(&format!("\"{s}\"")).unwrap(),
+                t
+            );
+        }
+        for bad in ["Shared", "", "premium", "dedicated "] {
+            let err = bad.parse::<Tier>().unwrap_err().to_string();
+            assert!(
+                err.ends_with("is invalid: use \"shared\" or \"dedicated\""),
+                "{err}"
+            );
+        }
+        assert!(serde_json::from_str::<Tier>("\"gold\"").is_err());
+    }
+}
