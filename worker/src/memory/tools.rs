@@ -1,0 +1,1 @@
+//! Agent tools (to be written).
