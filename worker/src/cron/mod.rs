@@ -1,1 +1,21 @@
-//! Cron engine: jobs.json store, schedules, runner (to be written).
+//! Cron engine, compatible with Clawdbot's `cron/jobs.json`: the job model, pure schedule math (at / every /
+//! cron + time zone, heartbeat interval, default member jobs), the atomic store and run logs, the runner task,
+//! and the `cron.*` method handlers. The gateway supplies the executor (an agent turn or a system event).
+
+mod error;
+mod job;
+pub mod methods;
+mod runner;
+mod schedule;
+mod store;
+
+pub use error::{Error, Result};
+pub use job::{
+    Job, JobState, JobsFile, NewJob, Payload, RunStatus, Schedule, SessionTarget, WakeMode,
+};
+pub use runner::{CronAction, CronEvent, CronService, Executor, NotRun, RunOutcome};
+pub use schedule::{
+    DEFAULT_HEARTBEAT, REFLECTION_JOB_ID, STANDUP_JOB_ID, default_member_jobs, heartbeat_interval,
+    next_heartbeat_at_ms, next_run_at_ms, parse_cron,
+};
+pub use store::{CronStore, RunLogEntry};

@@ -1,0 +1,413 @@
+//! Schedule math as pure functions of "now": next run of `at` / `every` / `cron` schedules, standard 5-field
+//! cron expressions translated for the `cron` crate, the agent heartbeat interval, and the default member jobs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{NaiveTime, TimeZone, Timelike, Utc, Weekday};
+use chrono_tz::Tz;
+
+use super::error::{Error, Result};
+use super::job::{Job, JobState, Payload, Schedule, SessionTarget, WakeMode};
+
+/// The next time (ms since the epoch) `schedule` fires strictly after `now_ms`, or `None` when it never will
+/// again (an `at` in the past). `every` without an anchor uses `default_anchor_ms` (the job's creation time).
+pub fn next_run_at_ms(
+    schedule: &Schedule,
+    now_ms: i64,
+    default_anchor_ms: i64,
+) -> Result<Option<i64>> {
+    match schedule {
+        Schedule::At { at_ms } => Ok((*at_ms > now_ms).then_some(*at_ms)),
+        Schedule::Every {
+            every_ms,
+            anchor_ms,
+        } => {
+            let every = (*every_ms).max(1);
+            let anchor = anchor_ms.unwrap_or(default_anchor_ms).max(0);
+            if now_ms < anchor {
+                return Ok(Some(anchor));
+            }
+            let steps = (now_ms - anchor) / every + 1;
+            Ok(Some(anchor + steps * every))
+        }
+        Schedule::Cron { expr, tz } => {
+            let parsed = parse_cron(expr)?;
+            let zone = parse_tz(tz.as_deref())?;
+            let Some(now) = Utc.timestamp_millis_opt(now_ms).single() else {
+                return Err(Error::Invalid {
+                    what: "now",
+                    reason: format!("{now_ms} out of range"),
+                });
+            };
+            Ok(parsed
+                .after(&now.with_timezone(&zone))
+                .next()
+                .map(|t| t.timestamp_millis()))
+        }
+    }
+}
+
+/// Checks a schedule the way `next_run_at_ms` will use it.
+pub(crate) fn validate_schedule(schedule: &Schedule) -> Result<()> {
+    match schedule {
+        Schedule::At { at_ms } if *at_ms <= 0 => Err(Error::Invalid {
+            what: "schedule.atMs",
+            reason: "must be > 0".into(),
+        }),
+        Schedule::Every { every_ms, .. } if *every_ms < 1 => Err(Error::Invalid {
+            what: "schedule.everyMs",
+            reason: "must be ≥ 1".into(),
+        }),
+        Schedule::Cron { expr, tz } => {
+            parse_cron(expr)?;
+            parse_tz(tz.as_deref()).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn parse_tz(tz: Option<&str>) -> Result<Tz> {
+    match tz.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(Tz::UTC),
+        Some(name) => Tz::from_str(name).map_err(|e| Error::Schedule {
+            expr: name.to_owned(),
+            reason: format!("unknown time zone: {e}"),
+        }),
+    }
+}
+
+/// Parses a standard cron expression: 5 fields (`min hour dom mon dow`, Sunday = 0 or 7) get a leading
+/// seconds field of `0`; 6 fields are taken as seconds-first. Day-of-week numbers are translated to the
+/// `cron` crate's numbering (Sunday = 1); names (`MON`) and `@daily`-style macros pass through.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule> {
+    let err = |reason: String| Error::Schedule {
+        expr: expr.to_owned(),
+        reason,
+    };
+    let trimmed = expr.trim();
+    let translated = if trimmed.starts_with('@') {
+        trimmed.to_owned()
+    } else {
+        let mut fields: Vec<String> = trimmed.split_whitespace().map(str::to_owned).collect();
+        match fields.len() {
+            5 => fields.insert(0, "0".to_owned()),
+            6 => {}
+            n => {
+                return Err(err(format!(
+                    "expected 5 fields (or 6 with seconds), got {n}"
+                )));
+            }
+        }
+        fields[5] = translate_day_of_week(&fields[5]).map_err(err)?;
+        fields.join(" ")
+    };
+    cron::Schedule::from_str(&translated).map_err(|e| Error::Schedule {
+        expr: expr.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn translate_day_of_week(field: &str) -> std::result::Result<String, String> {
+    let map_day = |s: &str| -> std::result::Result<String, String> {
+        match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(((n % 7) + 1).to_string()),
+            Ok(n) => Err(format!("day of week {n} is not 0-7")),
+            Err(_) => Ok(s.to_owned()),
+        }
+    };
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let suffix = step.map(|s| format!("/{s}")).unwrap_or_default();
+        if range == "*" || range == "?" {
+            items.push(format!("{range}{suffix}"));
+            continue;
+        }
+        match range.split_once('-') {
+            None => items.push(format!("{}{suffix}", map_day(range)?)),
+            Some((a, b)) => {
+                let (ma, mb) = (map_day(a)?, map_day(b)?);
+                match (ma.parse::<u32>(), mb.parse::<u32>()) {
+                    // e.g. 5-7 (Fri-Sun) becomes 6-1: split into 6-7,1.
+                    (Ok(x), Ok(y)) if x > y => {
+                        if step.is_some() {
+                            return Err(format!("stepped range {range} wraps past Sunday"));
+                        }
+                        items.push(format!("{x}-7"));
+                        items.push(if y == 1 {
+                            "1".to_owned()
+                        } else {
+                            format!("1-{y}")
+                        });
+                    }
+                    _ => items.push(format!("{ma}-{mb}{suffix}")),
+                }
+            }
+        }
+    }
+    Ok(items.join(","))
+}
+
+/// Default heartbeat interval (`agents.defaults.heartbeat.every`).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30 * 60);
+
+/// Parses a heartbeat interval like `30m`, `1h`, `45s`, `1500ms`, `2d` or a bare number of minutes;
+/// `None` in → the 30-minute default; `0` (any unit) → `None` out: heartbeat off.
+pub fn heartbeat_interval(every: Option<&str>) -> Result<Option<Duration>> {
+    let Some(raw) = every.map(str::trim) else {
+        return Ok(Some(DEFAULT_HEARTBEAT));
+    };
+    let bad = || Error::Invalid {
+        what: "heartbeat.every",
+        reason: format!("{raw:?} is not a duration like 30m"),
+    };
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "" | "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return Err(bad()),
+    };
+    let ms = value * unit_ms;
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(bad());
+    }
+    if ms < 1.0 {
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_secs_f64(ms.round() / 1000.0)))
+}
+
+/// When the next heartbeat is due: `interval` after the last one, or right away if none ran yet or it is overdue.
+pub fn next_heartbeat_at_ms(
+    last_heartbeat_ms: Option<i64>,
+    now_ms: i64,
+    interval: Duration,
+) -> i64 {
+    let every = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    match last_heartbeat_ms {
+        Some(last) => last.saturating_add(every).max(now_ms),
+        None => now_ms,
+    }
+}
+
+/// Job id of the provisioned daily standup (fixed, so provisioning stays idempotent).
+pub const STANDUP_JOB_ID: &str = "wirebot-daily-standup";
+/// Job id of the provisioned weekly reflection.
+pub const REFLECTION_JOB_ID: &str = "wirebot-weekly-reflection";
+
+/// The jobs provisioning gives a member: a daily standup and a weekly reflection in their time zone, both
+/// main-session system events that wake the assistant now (each left out when its time is not given).
+pub fn default_member_jobs(
+    standup: Option<(NaiveTime, Tz)>,
+    reflection: Option<(Weekday, NaiveTime, Tz)>,
+) -> Vec<Job> {
+    let now_ms = Utc::now().timestamp_millis();
+    let mut jobs = Vec::new();
+    let make = |id: &str, name: &str, description: &str, expr: String, tz: Tz, text: &str| {
+        let schedule = Schedule::Cron {
+            expr,
+            tz: Some(tz.name().to_owned()),
+        };
+        let next = next_run_at_ms(&schedule, now_ms, now_ms).ok().flatten();
+        Job {
+            id: id.to_owned(),
+            agent_id: None,
+            name: name.to_owned(),
+            description: Some(description.to_owned()),
+            enabled: true,
+            delete_after_run: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            schedule,
+            session_target: SessionTarget::Main,
+            wake_mode: WakeMode::Now,
+            payload: Payload::SystemEvent {
+                text: text.to_owned(),
+            },
+            isolation: None,
+            state: JobState {
+                next_run_at_ms: next,
+                ..JobState::default()
+            },
+            extra: serde_json::Map::new(),
+        }
+    };
+    if let Some((time, tz)) = standup {
+        jobs.push(make(
+            STANDUP_JOB_ID,
+            "Daily standup",
+            "Morning check-in on yesterday, today and blockers (wirebot-accountability skill).",
+            format!("{} {} * * *", time.minute(), time.hour()),
+            tz,
+            "Daily standup time. Follow the wirebot-accountability skill: recall yesterday's commitments with \
+             memory_search, ask the member what they finished, what they commit to today and what blocks them, \
+             then record the answers with memory_append.",
+        ));
+    }
+    if let Some((day, time, tz)) = reflection {
+        jobs.push(make(
+            REFLECTION_JOB_ID,
+            "Weekly reflection",
+            "End-of-week review of goals, wins and lessons (wirebot-accountability skill).",
+            format!("{} {} * * {}", time.minute(), time.hour(), day.num_days_from_sunday()),
+            tz,
+            "Weekly reflection time. Follow the wirebot-accountability skill: review this week's daily logs and \
+             goals with memory_search, ask the member about wins, misses and lessons, agree next week's top three \
+             priorities, and record the reflection with memory_append (long-term goals go to MEMORY.md).",
+        ));
+    }
+    jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn ms(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+    fn cron(expr: &str, tz: Option<&str>) -> Schedule {
+        Schedule::Cron {
+            expr: expr.into(),
+            tz: tz.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn at_fires_once_in_the_future() {
+        let s = Schedule::At { at_ms: 1_000 };
+        assert_eq!(next_run_at_ms(&s, 999, 0).unwrap(), Some(1_000));
+        assert_eq!(next_run_at_ms(&s, 1_000, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn every_stays_on_its_anchor_grid() {
+        let s = Schedule::Every {
+            every_ms: 1_000,
+            anchor_ms: Some(500),
+        };
+        assert_eq!(next_run_at_ms(&s, 0, 0).unwrap(), Some(500));
+        assert_eq!(next_run_at_ms(&s, 500, 0).unwrap(), Some(1_500));
+        assert_eq!(next_run_at_ms(&s, 10_499, 0).unwrap(), Some(10_500));
+        // No anchor: the creation time is the grid origin.
+        let s = Schedule::Every {
+            every_ms: 60_000,
+            anchor_ms: None,
+        };
+        assert_eq!(next_run_at_ms(&s, 100_000, 30_000).unwrap(), Some(150_000));
+    }
+
+    #[test]
+    fn five_field_cron_uses_standard_weekdays_and_time_zones() {
+        // Mon-Fri 09:00 in Berlin (UTC+1 in January). 2026-01-02 is a Friday.
+        let s = cron("0 9 * * 1-5", Some("Europe/Berlin"));
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-01-02T07:00:00Z"), 0).unwrap(),
+            Some(ms("2026-01-02T08:00:00Z"))
+        );
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-01-02T08:00:00Z"), 0).unwrap(),
+            Some(ms("2026-01-05T08:00:00Z"))
+        );
+        // Sunday as 0 and as 7; summer time in New York (UTC-4).
+        for expr in ["30 18 * * 0", "30 18 * * 7", "30 18 * * SUN"] {
+            let s = cron(expr, Some("America/New_York"));
+            assert_eq!(
+                next_run_at_ms(&s, ms("2026-07-01T00:00:00Z"), 0).unwrap(),
+                Some(ms("2026-07-05T22:30:00Z")),
+                "{expr}"
+            );
+        }
+        // A wrapping range Fri-Sun, and UTC by default.
+        let s = cron("0 12 * * 5-7", None);
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-01-05T00:00:00Z"), 0).unwrap(),
+            Some(ms("2026-01-09T12:00:00Z"))
+        );
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-01-10T13:00:00Z"), 0).unwrap(),
+            Some(ms("2026-01-11T12:00:00Z"))
+        );
+        // Six fields: seconds first.
+        let s = cron("*/10 * * * * *", None);
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-01-01T00:00:01Z"), 0).unwrap(),
+            Some(ms("2026-01-01T00:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn bad_expressions_and_zones_are_rejected_with_the_input() {
+        for (expr, tz) in [
+            ("0 9 * *", None),
+            ("0 9 * * 8", None),
+            ("61 9 * * *", None),
+            ("0 9 * * *", Some("Mars/Base")),
+        ] {
+            let err = validate_schedule(&cron(expr, tz)).unwrap_err();
+            assert!(matches!(err, Error::Schedule { .. }), "{expr}: {err}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_interval_parses_units_and_off() {
+        assert_eq!(
+            heartbeat_interval(None).unwrap(),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            heartbeat_interval(Some("45s")).unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(
+            heartbeat_interval(Some("2h")).unwrap(),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            heartbeat_interval(Some("15")).unwrap(),
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(heartbeat_interval(Some("0m")).unwrap(), None);
+        assert!(heartbeat_interval(Some("soon")).is_err());
+        let every = Duration::from_secs(60);
+        assert_eq!(next_heartbeat_at_ms(None, 5, every), 5);
+        assert_eq!(next_heartbeat_at_ms(Some(1_000), 2_000, every), 61_000);
+        assert_eq!(next_heartbeat_at_ms(Some(1_000), 100_000, every), 100_000);
+    }
+
+    #[test]
+    fn member_jobs_follow_the_given_times_and_are_off_when_absent() {
+        assert!(default_member_jobs(None, None).is_empty());
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let jobs = default_member_jobs(
+            Some((NaiveTime::from_hms_opt(8, 30, 0).unwrap(), berlin)),
+            Some((
+                Weekday::Fri,
+                NaiveTime::from_hms_opt(16, 0, 0).unwrap(),
+                berlin,
+            )),
+        );
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].schedule, cron("30 8 * * *", Some("Europe/Berlin")));
+        assert_eq!(jobs[1].schedule, cron("0 16 * * 5", Some("Europe/Berlin")));
+        for job in &jobs {
+            job.validate().unwrap();
+            assert!(job.state.next_run_at_ms.is_some());
+        }
+        // Friday 16:00 Berlin = 15:00 UTC in winter.
+        let next = next_run_at_ms(&jobs[1].schedule, ms("2026-01-05T00:00:00Z"), 0).unwrap();
+        assert_eq!(next, Some(ms("2026-01-09T15:00:00Z")));
+    }
+}
