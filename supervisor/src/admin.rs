@@ -1,1 +1,621 @@
-//! (owned by the control-plane engineer; to be written)
+//! The admin API (axum, JSON, versioned under `/v1`): the route table, request-body checking with JSON pointers, and
+//! the handlers, which run user operations (`users.rs`) on a blocking thread. Served on the unix socket as is and on
+//! loopback TCP behind a bearer token. Errors are `supervisor::Error` → `application/problem+json` (see `error.rs`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use axum::{Json, Router};
+use provisioning::{Secret, Tier, UserId};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq as _;
+
+use crate::daemon::{App, Tenancy};
+use crate::error::Error;
+use crate::registry::{UserRow, WorkerRecord};
+use crate::users::{self, CreateUser, UpdateUser};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Header naming who acts (`cli`, `api`, `webhook`…), recorded in the audit log; `api` when absent or malformed.
+pub const ACTOR_HEADER: &str = "x-wirebot-actor";
+
+type AppState = Arc<App>;
+
+/// One route of the API: the table both the router and the OpenAPI test are built from.
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    /// Path in OpenAPI/axum 0.8 syntax (`/v1/users/{id}`).
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every route the admin API serves. `openapi.rs` documents exactly these (a test checks both directions).
+pub fn routes() -> Vec<Route> {
+    use axum::routing::{delete, patch, post};
+    let route = |method: Method, path, handler| Route {
+        method,
+        path,
+        handler,
+    };
+    vec![
+        route(Method::GET, "/healthz", get(healthz)),
+        route(Method::GET, "/v1/status", get(status)),
+        route(Method::GET, "/v1/openapi.json", get(openapi)),
+        route(Method::GET, "/v1/users", get(list_users)),
+        route(Method::POST, "/v1/users", post(create_user)),
+        route(Method::GET, "/v1/users/{id}", get(show_user)),
+        route(Method::PATCH, "/v1/users/{id}", patch(update_user)),
+        route(Method::DELETE, "/v1/users/{id}", delete(delete_user)),
+        route(Method::POST, "/v1/users/{id}/token", post(rotate_token)),
+    ]
+}
+
+/// The router served on the unix socket (whose 0600 mode is the authentication).
+pub fn router(app: AppState) -> Router {
+    let mut router = Router::new();
+    for r in routes() {
+        router = router.route(r.path, r.handler);
+    }
+    // After the routes: applies to every path above (a known path with an unserved method → 405 problem+json).
+    router
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
+        .with_state(app)
+}
+
+/// The router served on loopback TCP: the same routes behind `Authorization: Bearer <token>`.
+pub fn tcp_router(app: AppState, token: Secret) -> Router {
+    router(app).layer(middleware::from_fn(move |req: Request, next: Next| {
+        let token = token.clone();
+        async move {
+            if bearer_matches(req.headers(), &token) {
+                next.run(req).await
+            } else {
+                Error::Unauthorized.into_response()
+            }
+        }
+    }))
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Constant time over the token bytes (`ct_eq` on slices of different lengths is false without early exit on content).
+    bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> Error {
+    Error::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Error {
+    Error::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Extractors: our own, so axum's plain-text rejections never reach a client.
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// A JSON object body: 415 unless `application/json`, 413 over [`BODY_LIMIT`], 400 unless valid JSON, 422 (pointer
+/// `""`) unless an object.
+#[derive(Debug)]
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !(mime == "application/json"
+            || (mime.starts_with("application/") && mime.ends_with("+json")))
+        {
+            return Err(Error::UnsupportedMediaType {
+                found: if content_type.is_empty() {
+                    "(none)".into()
+                } else {
+                    content_type.to_owned()
+                },
+            });
+        }
+        let limited =
+            req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, BODY_LIMIT)));
+        let bytes = Bytes::from_request(limited, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge { limit: BODY_LIMIT }
+                } else {
+                    Error::Malformed {
+                        detail: format!("cannot read the body: {}", rejection.body_text()),
+                    }
+                }
+            })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+            detail: format!(
+                "invalid JSON at line {} column {}: {}",
+                e.line(),
+                e.column(),
+                json_error_message(&e)
+            ),
+        })?;
+        match value {
+            Value::Object(map) => Ok(JsonObject(map)),
+            other => Err(Error::invalid(
+                "",
+                format!("expected a JSON object, found {}", json_type(&other)),
+            )),
+        }
+    }
+}
+
+/// serde_json's message without its trailing " at line X column Y".
+fn json_error_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// A `{id}` path segment parsed as a `UserId`; 400 with the reason otherwise.
+#[derive(Debug)]
+pub struct UserPath(pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::Malformed {
+                detail: format!("bad path: {}", e.body_text()),
+            })?;
+        raw.parse::<UserId>()
+            .map(UserPath)
+            .map_err(|e| Error::Malformed {
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// Who is acting, from [`ACTOR_HEADER`]: `[a-z0-9-]{1,32}`, else `api`.
+#[derive(Debug)]
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let actor = parts
+            .headers
+            .get(ACTOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=32).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+            .unwrap_or("api");
+        Ok(Actor(actor.to_owned()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Body checking: every field by hand, so each mistake carries its JSON pointer.
+// ---------------------------------------------------------------------------------------------------------------------
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn reject_unknown(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), Error> {
+    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(key) => Err(Error::invalid(
+            &pointer(key),
+            format!("unknown field {key:?} (allowed: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// JSON pointer of a top-level key (RFC 6901 escaping).
+fn pointer(key: &str) -> String {
+    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+fn required_str<'b>(body: &'b Map<String, Value>, key: &str) -> Result<&'b str, Error> {
+    match body.get(key) {
+        None => Err(Error::invalid(&pointer(key), "required field is missing")),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(Error::invalid(
+            &pointer(key),
+            format!("expected a string, found {}", json_type(other)),
+        )),
+    }
+}
+
+/// `None` = absent, `Some(None)` = explicit null, `Some(Some(s))` = a string.
+fn optional_str<'b>(
+    body: &'b Map<String, Value>,
+    key: &str,
+) -> Result<Option<Option<&'b str>>, Error> {
+    match body.get(key) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(s))),
+        Some(other) => Err(Error::invalid(
+            &pointer(key),
+            format!("expected a string or null, found {}", json_type(other)),
+        )),
+    }
+}
+
+fn parse_id(s: &str) -> Result<UserId, Error> {
+    s.parse::<UserId>()
+        .map_err(|e| Error::invalid("/id", e.reason().to_owned()))
+}
+
+fn parse_tier(s: &str) -> Result<Tier, Error> {
+    s.parse::<Tier>()
+        .map_err(|e| Error::invalid("/tier", e.to_string()))
+}
+
+/// A plausible address: one `@` with text on both sides, no whitespace or control characters, at most 254 bytes.
+pub fn check_email(s: &str) -> Result<String, Error> {
+    let ok = s.len() <= 254
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && s.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Error::invalid(
+            "/email",
+            format!("{s:?} is not an e-mail address"),
+        ))
+    }
+}
+
+/// 1 to 128 characters, no control characters.
+pub fn check_display_name(s: &str) -> Result<String, Error> {
+    let n = s.chars().count();
+    if !(1..=128).contains(&n) {
+        return Err(Error::invalid(
+            "/display_name",
+            format!("must be 1 to 128 characters, got {n}"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "/display_name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn create_request(body: &Map<String, Value>) -> Result<CreateUser, Error> {
+    reject_unknown(body, &["id", "tier", "email", "display_name"])?;
+    let id = parse_id(required_str(body, "id")?)?;
+    let tier = parse_tier(required_str(body, "tier")?)?;
+    let email = optional_str(body, "email")?
+        .flatten()
+        .map(check_email)
+        .transpose()?;
+    let display_name = optional_str(body, "display_name")?
+        .flatten()
+        .map(check_display_name)
+        .transpose()?;
+    Ok(CreateUser {
+        id,
+        tier,
+        email,
+        display_name,
+    })
+}
+
+fn update_request(body: &Map<String, Value>) -> Result<UpdateUser, Error> {
+    reject_unknown(body, &["tier", "email", "display_name"])?;
+    let tier = match body.get("tier") {
+        None => None,
+        Some(Value::String(s)) => Some(parse_tier(s)?),
+        Some(other) => {
+            return Err(Error::invalid(
+                "/tier",
+                format!("expected a string, found {}", json_type(other)),
+            ));
+        }
+    };
+    let email = optional_str(body, "email")?
+        .map(|v| v.map(check_email).transpose())
+        .transpose()?;
+    let display_name = optional_str(body, "display_name")?
+        .map(|v| v.map(check_display_name).transpose())
+        .transpose()?;
+    Ok(UpdateUser {
+        tier,
+        email,
+        display_name,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Handlers.
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// A user as the API shows it: the registry row (without the token hash) plus its recorded worker, if any.
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    #[serde(flatten)]
+    pub user: UserRow,
+    pub worker: Option<WorkerRecord>,
+}
+
+/// Runs a synchronous registry/provisioning operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(Error::Join)?
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+async fn status(State(app): State<AppState>) -> Result<Json<Value>, Error> {
+    let counts = blocking({
+        let app = app.clone();
+        move || app.registry.counts()
+    })
+    .await?;
+    let tenancy = match app.tenancy {
+        Tenancy::PerTenantUids(_) => "per-tenant-uids",
+        Tenancy::CallerOwned => "caller-owned",
+    };
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": crate::daemon::uptime(&app).as_secs(),
+        "tenancy": tenancy,
+        "data_dir": app.config.data_dir,
+        "runtime_dir": app.config.runtime_dir,
+        "admin_socket": app.config.admin.socket,
+        "users": counts,
+    })))
+}
+
+async fn list_users(State(app): State<AppState>) -> Result<Json<Vec<UserView>>, Error> {
+    let users = blocking(move || {
+        let users = app.registry.users()?;
+        let mut workers = app.registry.workers()?.into_iter().peekable();
+        // Both lists are ordered by user id: merge instead of one query per user.
+        Ok(users
+            .into_iter()
+            .map(|user| {
+                while workers.peek().is_some_and(|w| w.user_id < user.id) {
+                    workers.next();
+                }
+                let worker = workers.next_if(|w| w.user_id == user.id);
+                UserView { user, worker }
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(users))
+}
+
+async fn show_user(
+    State(app): State<AppState>,
+    UserPath(id): UserPath,
+) -> Result<Json<UserView>, Error> {
+    let view = blocking(move || {
+        let user = app
+            .registry
+            .user(&id)?
+            .ok_or(Error::UserNotFound { user: id.clone() })?;
+        let worker = app.registry.worker(&id)?;
+        Ok(UserView { user, worker })
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn create_user(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    JsonObject(body): JsonObject,
+) -> Result<Response, Error> {
+    let request = create_request(&body)?;
+    let (user, token) = blocking(move || users::create(&app, &actor, request)).await?;
+    // PLUG (issue 4, lifecycle): for a dedicated user, start the worker and wait until Ready before answering.
+    let location = format!("/v1/users/{}", user.id);
+    let body = json!({ "user": UserView { user, worker: None }, "token": token.expose() });
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+async fn update_user(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+    JsonObject(body): JsonObject,
+) -> Result<Json<UserView>, Error> {
+    let patch = update_request(&body)?;
+    // PLUG (issue 4/6, tier moves): a tier change starts/stops workers and flips the binding around this call.
+    let view = blocking(move || {
+        let user = users::update(&app, &actor, &id, patch)?;
+        let worker = app.registry.worker(&id)?;
+        Ok(UserView { user, worker })
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn delete_user(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+) -> Result<Json<Value>, Error> {
+    // PLUG (issue 4, lifecycle): stop the user's worker (or drop its shared agent) before archiving the directory.
+    let removed = blocking(move || users::delete(&app, &actor, &id)).await?;
+    Ok(Json(json!(removed)))
+}
+
+async fn rotate_token(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+) -> Result<Json<Value>, Error> {
+    let token = blocking({
+        let id = id.clone();
+        move || users::rotate_token(&app, &actor, &id)
+    })
+    .await?;
+    // PLUG (issue 4, lifecycle): a running worker reloads clawdbot.json (or restarts) to pick up the new token.
+    Ok(Json(json!({ "id": id, "token": token.expose() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn pointer_of(e: Error) -> (String, String) {
+        match e {
+            Error::InvalidField { pointer, detail } => (pointer, detail),
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_bodies_are_checked_field_by_field() {
+        let check = |v: Value| pointer_of(create_request(&obj(v)).unwrap_err()).0;
+        assert_eq!(check(json!({"tier": "shared"})), "/id");
+        assert_eq!(check(json!({"id": "a", "tier": "gold"})), "/tier");
+        assert_eq!(check(json!({"id": "A", "tier": "shared"})), "/id");
+        assert_eq!(check(json!({"id": 5, "tier": "shared"})), "/id");
+        assert_eq!(
+            check(json!({"id": "a", "tier": "shared", "email": "nope"})),
+            "/email"
+        );
+        assert_eq!(
+            check(json!({"id": "a", "tier": "shared", "display_name": ""})),
+            "/display_name"
+        );
+        assert_eq!(
+            check(json!({"id": "a", "tier": "shared", "a/b": 1})),
+            "/a~1b"
+        );
+        let ok = create_request(&obj(
+            json!({"id": "a", "tier": "dedicated", "email": "a@b.c", "display_name": null}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (ok.id.as_str(), ok.tier, ok.email.as_deref()),
+            ("a", Tier::Dedicated, Some("a@b.c"))
+        );
+    }
+
+    #[test]
+    fn patch_null_clears_and_absent_keeps() {
+        let p = update_request(&obj(json!({"email": null}))).unwrap();
+        assert_eq!(p.email, Some(None));
+        assert_eq!(p.display_name, None);
+        assert_eq!(
+            pointer_of(update_request(&obj(json!({"tier": 1}))).unwrap_err()).0,
+            "/tier"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc = crate::openapi::document();
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+            {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        let mut served: Vec<String> = routes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn bearer_comparison() {
+        let token = Secret::from("0123456789abcdef0123".to_owned());
+        let mut h = HeaderMap::new();
+        assert!(!bearer_matches(&h, &token));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer 0123456789abcdef0123".parse().unwrap(),
+        );
+        assert!(bearer_matches(&h, &token));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer 0123456789abcdef012".parse().unwrap(),
+        );
+        assert!(!bearer_matches(&h, &token));
+    }
+}

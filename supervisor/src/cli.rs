@@ -1,1 +1,510 @@
-//! (owned by the control-plane engineer; to be written)
+//! The `wirebot` command line: clap definitions, exit codes, and the client commands (everything except `serve`),
+//! which talk to the daemon's admin socket and print human or `--json` output. Ids and tiers are checked locally
+//! first, so a hostile id never reaches the daemon.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use provisioning::{Tier, UserId};
+use serde_json::{Value, json};
+
+use crate::client::{self, ApiResponse, ClientError};
+use crate::config::{Config, ConfigErrors, EMBEDDED};
+
+/// Exit codes (sysexits.h), documented in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Anything else: daemon-side failure, I/O error.
+    Other = 1,
+    /// EX_USAGE: bad arguments or an invalid config file.
+    Usage = 64,
+    /// EX_DATAERR: bad input (invalid id, tier, field; unknown or existing user).
+    BadInput = 65,
+    /// EX_UNAVAILABLE: no daemon answers on the admin socket.
+    Unavailable = 69,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0   success
+  1   other failure (daemon-side error, I/O)
+  64  usage error or invalid config file (every mistake is listed)
+  65  bad input: invalid user id or tier, a field the API rejected (400/422), unknown (404) or existing (409) user
+  69  daemon unavailable: nothing answers on the admin socket
+
+The client commands find the daemon's admin socket from --socket, else the config file's [admin] socket
+(--config or WIREBOT_CONFIG), else the embedded default ./wirebot-data/run/admin.sock.";
+
+/// Wirebot: a multi-tenant supervisor for personal AI-assistant gateways, and its admin CLI.
+#[derive(Debug, Parser)]
+#[command(name = "wirebot", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Config file (wirebot.toml); without it the embedded default is used.
+    #[arg(long, global = true, env = "WIREBOT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Admin socket to talk to (overrides the one in the config).
+    #[arg(long, global = true, env = "WIREBOT_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor daemon (admin API on the unix socket; prints one ready line on stdout).
+    Serve {
+        /// Stop every worker when the daemon exits (by default workers keep running and are re-adopted).
+        #[arg(long)]
+        stop_workers_on_exit: bool,
+    },
+    /// Add, list, show, change and remove users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show the daemon's status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Provision a user: state directory and registry row; prints the gateway token once.
+    Add {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// shared or dedicated.
+        #[arg(long)]
+        tier: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Archive a user's state directory, then delete it and the user.
+    Remove {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user (and its worker, when it has one).
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a user to another tier.
+    Tier {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// shared or dedicated.
+        tier: String,
+    },
+    /// Issue a new gateway token (printed once; the old one stops working).
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// Required: the current token is never shown again, only replaced.
+        #[arg(long, required = true)]
+        rotate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file (default: --config, else the embedded default) and report every mistake.
+    Check { file: Option<PathBuf> },
+}
+
+/// A failed command: what to print on stderr (one line) and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+fn fail(exit: Exit, message: impl Into<String>) -> Failure {
+    Failure {
+        exit,
+        message: message.into(),
+    }
+}
+
+/// Loads the config named by `--config`, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// The admin socket the client commands talk to.
+fn socket_path(cli: &Cli) -> Result<PathBuf, Failure> {
+    if let Some(socket) = &cli.socket {
+        return Ok(absolute(socket));
+    }
+    let config =
+        load_config(cli.config.as_deref()).map_err(|e| fail(Exit::Usage, e.to_string()))?;
+    Ok(absolute(&config.admin.socket))
+}
+
+fn parse_id(raw: &str) -> Result<UserId, Failure> {
+    raw.parse::<UserId>()
+        .map_err(|e| fail(Exit::BadInput, e.to_string()))
+}
+
+fn parse_tier(raw: &str) -> Result<Tier, Failure> {
+    raw.parse::<Tier>()
+        .map_err(|e| fail(Exit::BadInput, e.to_string()))
+}
+
+/// Runs a client command (anything but `serve`) and returns its exit code, having printed its output or one error line.
+pub fn run_client(cli: &Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Serve { .. } => Err(fail(Exit::Usage, "`serve` is not a client command")),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "wirebot", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            config_check(file.as_deref().or(cli.config.as_deref()))
+        }
+        Command::Status { json } => with_daemon(cli, async |socket| status(socket, *json).await),
+        Command::User(command) => user(cli, command),
+    };
+    match result {
+        Ok(()) => Exit::Ok.into(),
+        Err(Failure { exit, message }) => {
+            eprintln!("wirebot: {message}");
+            exit.into()
+        }
+    }
+}
+
+fn config_check(file: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(file).map_err(|e| fail(Exit::Usage, e.to_string()))?;
+    let name = file.map_or_else(|| EMBEDDED.to_owned(), |f| f.display().to_string());
+    println!(
+        "{name}: ok (data_dir {}, runtime_dir {}, admin socket {})",
+        config.data_dir.display(),
+        config.runtime_dir.display(),
+        config.admin.socket.display()
+    );
+    Ok(())
+}
+
+/// Checks local input first (ids, tiers), then runs `f` against the daemon on a small runtime.
+fn with_daemon(
+    cli: &Cli,
+    f: impl AsyncFnOnce(&Path) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let socket = socket_path(cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(Exit::Other, format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(f(&socket)).map_err(|mut failure| {
+        if failure.exit == Exit::Unavailable {
+            let start = match &cli.config {
+                Some(config) => format!("wirebot serve --config {}", config.display()),
+                None => "wirebot serve".to_owned(),
+            };
+            failure.message = format!("{}; start the daemon with `{start}`", failure.message);
+        }
+        failure
+    })
+}
+
+/// One request; an error status becomes a `Failure` with the problem's detail.
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let response = client::request(socket, method, path, body.as_ref(), "cli")
+        .await
+        .map_err(|e| match e {
+            ClientError::Unavailable { .. } => fail(Exit::Unavailable, e.to_string()),
+            other => fail(Exit::Other, chain(&other)),
+        })?;
+    check(response)
+}
+
+fn check(response: ApiResponse) -> Result<Value, Failure> {
+    if response.status.is_success() {
+        return Ok(response.body);
+    }
+    let exit = match response.status {
+        StatusCode::BAD_REQUEST
+        | StatusCode::NOT_FOUND
+        | StatusCode::CONFLICT
+        | StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::UNPROCESSABLE_ENTITY => Exit::BadInput,
+        _ => Exit::Other,
+    };
+    Err(fail(exit, response.problem_detail()))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
+    match command {
+        UserCommand::Add {
+            id,
+            tier,
+            email,
+            display_name,
+        } => {
+            let id = parse_id(id)?;
+            let tier = parse_tier(tier)?;
+            let mut body = json!({ "id": id, "tier": tier });
+            if let Some(email) = email {
+                body["email"] = json!(email);
+            }
+            if let Some(name) = display_name {
+                body["display_name"] = json!(name);
+            }
+            with_daemon(cli, async |socket| {
+                let created = call(socket, Method::POST, "/v1/users", Some(body)).await?;
+                let user = &created["user"];
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "created {} ({}){}",
+                    user["id"].as_str().unwrap_or_default(),
+                    text(&user["tier"]),
+                    placement(user)
+                );
+                let _ = writeln!(
+                    out,
+                    "gateway token (shown once): {}",
+                    created["token"].as_str().unwrap_or_default()
+                );
+                Ok(())
+            })
+        }
+        UserCommand::Remove { id } => {
+            let id = parse_id(id)?;
+            with_daemon(cli, async |socket| {
+                let removed =
+                    call(socket, Method::DELETE, &format!("/v1/users/{id}"), None).await?;
+                println!("removed {id}; archive: {}", text(&removed["archive"]));
+                Ok(())
+            })
+        }
+        UserCommand::List { json } => with_daemon(cli, async |socket| {
+            let users = call(socket, Method::GET, "/v1/users", None).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&users).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            let users = users.as_array().cloned().unwrap_or_default();
+            if users.is_empty() {
+                println!("no users");
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<10} {:<10} {:>7} {:>6}  EMAIL",
+                "ID", "TIER", "STATUS", "UID", "PORT"
+            );
+            for u in &users {
+                println!(
+                    "{:<24} {:<10} {:<10} {:>7} {:>6}  {}",
+                    text(&u["id"]),
+                    text(&u["tier"]),
+                    text(&u["status"]),
+                    text(&u["uid"]),
+                    text(&u["port"]),
+                    text(&u["email"])
+                );
+            }
+            Ok(())
+        }),
+        UserCommand::Show { id, json } => {
+            let id = parse_id(id)?;
+            with_daemon(cli, async |socket| {
+                let user = call(socket, Method::GET, &format!("/v1/users/{id}"), None).await?;
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&user).unwrap_or_default()
+                    );
+                    return Ok(());
+                }
+                for (label, key) in [
+                    ("id", "id"),
+                    ("tier", "tier"),
+                    ("status", "status"),
+                    ("uid", "uid"),
+                    ("gid", "gid"),
+                    ("port", "port"),
+                    ("email", "email"),
+                    ("display name", "display_name"),
+                    ("created", "created_at"),
+                    ("updated", "updated_at"),
+                ] {
+                    println!("{:<13} {}", format!("{label}:"), text(&user[key]));
+                }
+                let worker = &user["worker"];
+                if worker.is_object() {
+                    println!(
+                        "{:<13} {} (pid {}, restarts {})",
+                        "worker:",
+                        text(&worker["state"]),
+                        text(&worker["pid"]),
+                        text(&worker["restarts"])
+                    );
+                    if let Some(diagnosis) = worker["diagnosis_json"].as_str() {
+                        println!("{:<13} {diagnosis}", "diagnosis:");
+                    }
+                } else {
+                    println!("{:<13} -", "worker:");
+                }
+                Ok(())
+            })
+        }
+        UserCommand::Tier { id, tier } => {
+            let id = parse_id(id)?;
+            let tier = parse_tier(tier)?;
+            with_daemon(cli, async |socket| {
+                let user = call(
+                    socket,
+                    Method::PATCH,
+                    &format!("/v1/users/{id}"),
+                    Some(json!({ "tier": tier })),
+                )
+                .await?;
+                println!("{id} is now {}{}", text(&user["tier"]), placement(&user));
+                Ok(())
+            })
+        }
+        UserCommand::Token { id, rotate: _ } => {
+            let id = parse_id(id)?;
+            with_daemon(cli, async |socket| {
+                let rotated =
+                    call(socket, Method::POST, &format!("/v1/users/{id}/token"), None).await?;
+                println!(
+                    "new gateway token for {id} (shown once): {}",
+                    text(&rotated["token"])
+                );
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
+    let status = call(socket, Method::GET, "/v1/status", None).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let users = &status["users"];
+    println!(
+        "wirebot {} (pid {}, up {}s)",
+        text(&status["version"]),
+        text(&status["pid"]),
+        text(&status["uptime_s"])
+    );
+    println!("tenancy:      {}", text(&status["tenancy"]));
+    println!("data_dir:     {}", text(&status["data_dir"]));
+    println!("runtime_dir:  {}", text(&status["runtime_dir"]));
+    println!("admin socket: {}", text(&status["admin_socket"]));
+    println!(
+        "users:        {} ({} shared, {} dedicated)",
+        text(&users["total"]),
+        text(&users["shared"]),
+        text(&users["dedicated"])
+    );
+    Ok(())
+}
+
+/// A JSON scalar for a table cell: strings bare, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn placement(user: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(port) = user["port"].as_u64() {
+        parts.push(format!("port {port}"));
+    }
+    if let Some(uid) = user["uid"].as_u64() {
+        parts.push(format!("uid {uid}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn hyphen_ids_reach_our_own_validation() {
+        let cli =
+            Cli::try_parse_from(["wirebot", "user", "add", "-x", "--tier", "shared"]).unwrap();
+        match cli.command {
+            Command::User(UserCommand::Add { id, .. }) => assert_eq!(id, "-x"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

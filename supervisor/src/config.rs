@@ -1,1 +1,896 @@
-//! (owned by the control-plane engineer; to be written)
+//! `wirebot.toml`: the raw serde `ConfigFile` (unknown keys rejected) and the typed `Config` built from it through one
+//! constructor that reports every mistake at once, each with its key path. Pure: reads no other file, binds nothing.
+//!
+//! Parsing happens in two passes so that no mistake hides another: the text is parsed into a `toml::Table`, the table is
+//! walked against the schema (every unknown key and every badly typed value becomes one `ConfigError`), then the values
+//! that did parse are checked together (ranges, loopback-only addresses, cross-field rules).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented default config, also the reference the `templates_match_the_embedded_default` test checks.
+pub const TEMPLATE: &str = include_str!("../../templates/wirebot.toml");
+
+/// One mistake in a config file: the dotted key path (`ports.first`, `tiers.premium`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every mistake found in one config file, in file order. Displayed as one line per mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// Where the text came from (`<embedded default>` or a path), for the first line of the report.
+    pub source_name: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{}: {} error{}",
+            self.source_name,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Raw layer: what the file says, every field optional, unknown keys rejected.
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// Converts one TOML value into a raw field, pushing a `ConfigError` (and returning `None`) when it has the wrong shape.
+trait FromToml: Sized {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self>;
+}
+
+fn push(errors: &mut Vec<ConfigError>, key: &str, message: impl Into<String>) {
+    errors.push(ConfigError {
+        key: key.to_owned(),
+        message: message.into(),
+    });
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    value.type_str()
+}
+
+macro_rules! integer_from_toml {
+    ($($ty:ty),*) => {$(
+        impl FromToml for $ty {
+            fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+                let Some(n) = value.as_integer() else {
+                    push(errors, key, format!("expected an integer, found {}", type_name(value)));
+                    return None;
+                };
+                match <$ty>::try_from(n) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        push(errors, key, format!("{n} is out of range ({}..={})", <$ty>::MIN, <$ty>::MAX));
+                        None
+                    }
+                }
+            }
+        }
+    )*};
+}
+integer_from_toml!(u16, u32, u64);
+
+fn string_value<'v>(
+    key: &str,
+    value: &'v toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<&'v str> {
+    match value.as_str() {
+        Some(s) => Some(s),
+        None => {
+            push(
+                errors,
+                key,
+                format!("expected a string, found {}", type_name(value)),
+            );
+            None
+        }
+    }
+}
+
+impl FromToml for PathBuf {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let s = string_value(key, value, errors)?;
+        if s.is_empty() {
+            push(errors, key, "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+}
+
+impl FromToml for SocketAddr {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let s = string_value(key, value, errors)?;
+        match s.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                push(
+                    errors,
+                    key,
+                    format!("{s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl FromToml for ByteSize {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let parsed = match value {
+            toml::Value::Integer(n) => u64::try_from(*n)
+                .map(ByteSize)
+                .map_err(|_| format!("{n} is negative")),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "expected bytes or a size like \"256M\", found {}",
+                type_name(other)
+            )),
+        };
+        parsed.map_err(|message| push(errors, key, message)).ok()
+    }
+}
+
+impl FromToml for Runtime {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        match string_value(key, value, errors)? {
+            "wirebot" => Some(Runtime::Wirebot),
+            "clawdbot" => Some(Runtime::Clawdbot),
+            other => {
+                push(
+                    errors,
+                    key,
+                    format!("unknown runtime {other:?}, expected \"wirebot\" or \"clawdbot\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Reads `key` from `table` if present.
+fn field<T: FromToml>(
+    prefix: &str,
+    table: &toml::Table,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let value = table.get(key)?;
+    T::from_toml(&join(prefix, key), value, errors)
+}
+
+fn unknown_keys(prefix: &str, table: &toml::Table, known: &[&str], errors: &mut Vec<ConfigError>) {
+    for key in table.keys() {
+        if !known.contains(&key.as_str()) {
+            push(
+                errors,
+                &join(prefix, key),
+                format!("unknown key (expected one of: {})", known.join(", ")),
+            );
+        }
+    }
+}
+
+/// Declares a raw section: a serde struct with every field optional and unknown fields denied, plus its schema walker.
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name { $($(#[$fmeta])* pub $field: Option<$ty>,)* }
+
+        impl $name {
+            const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            fn from_table(prefix: &str, table: &toml::Table, errors: &mut Vec<ConfigError>) -> Self {
+                unknown_keys(prefix, table, Self::KEYS, errors);
+                Self { $($field: field(prefix, table, stringify!($field), errors),)* }
+            }
+        }
+
+        impl FromToml for $name {
+            fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+                match value.as_table() {
+                    Some(table) => Some(Self::from_table(key, table, errors)),
+                    None => {
+                        push(errors, key, format!("expected a table, found {}", type_name(value)));
+                        None
+                    }
+                }
+            }
+        }
+    };
+}
+
+section! {
+    /// The whole file as written.
+    pub struct ConfigFile {
+        data_dir: PathBuf,
+        runtime_dir: PathBuf,
+        drain_timeout_ms: u64,
+        admin: AdminFile,
+        uids: UidsFile,
+        ports: PortsFile,
+        proxy: ProxyFile,
+        tiers: TiersFile,
+        lifecycle: LifecycleFile,
+        shared: SharedFile,
+        webhooks: WebhooksFile,
+    }
+}
+
+section! {
+    /// `[admin]`
+    pub struct AdminFile {
+        socket: PathBuf,
+        tcp: SocketAddr,
+        token_file: PathBuf,
+    }
+}
+
+section! {
+    /// `[uids]`
+    pub struct UidsFile {
+        first: u32,
+        last: u32,
+    }
+}
+
+section! {
+    /// `[ports]`
+    pub struct PortsFile {
+        first: u16,
+        last: u16,
+        spacing: u16,
+    }
+}
+
+section! {
+    /// `[proxy]`
+    pub struct ProxyFile {
+        listen: SocketAddr,
+        connect_timeout_ms: u64,
+        header_timeout_ms: u64,
+        ws_idle_timeout_s: u64,
+        max_connections: u32,
+        per_member_max_connections: u32,
+        per_member_rps: u32,
+        idle_stop_s: u64,
+    }
+}
+
+section! {
+    /// `[tiers]`
+    pub struct TiersFile {
+        shared: TierFile,
+        dedicated: TierFile,
+    }
+}
+
+section! {
+    /// `[tiers.shared]` / `[tiers.dedicated]`
+    pub struct TierFile {
+        memory_max: ByteSize,
+        pids_max: u32,
+        cpu_quota_percent: u32,
+        runtime: Runtime,
+    }
+}
+
+section! {
+    /// `[lifecycle]`
+    pub struct LifecycleFile {
+        start_timeout_ms: u64,
+        stop_grace_ms: u64,
+        health_interval_ms: u64,
+    }
+}
+
+section! {
+    /// `[shared]`
+    pub struct SharedFile {
+        max_agents_per_worker: u32,
+    }
+}
+
+section! {
+    /// `[webhooks]`
+    pub struct WebhooksFile {
+        listen: SocketAddr,
+        secrets_file: PathBuf,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Typed layer: what the daemon uses. Built only by `Config::parse` / `Config::load` / `Config::embedded_default`.
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// A size in bytes; written in TOML as an integer or a string with a binary suffix (`"256M"`, `"1G"`, `"512KiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<toml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(value: toml::Value) -> Result<Self, String> {
+        let mut errors = Vec::new();
+        ByteSize::from_toml("", &value, &mut errors).ok_or_else(|| {
+            errors
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, suffix) = t.split_at(digits_end);
+        let bad = || {
+            format!("{s:?} is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")")
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let shift = match suffix.trim() {
+            "" | "B" => 0,
+            "K" | "KB" | "KiB" | "k" => 10,
+            "M" | "MB" | "MiB" => 20,
+            "G" | "GB" | "GiB" => 30,
+            "T" | "TB" | "TiB" => 40,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+/// Which gateway implementation a tier's workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Our `wirebot-worker` binary.
+    Wirebot,
+    /// The real Clawdbot gateway (Node), see the lifecycle issue.
+    Clawdbot,
+}
+
+/// The typed, checked configuration. Immutable once built; the daemon shares it behind an `Arc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Root of persistent state: `wirebot.db`, `users/`, `archive/`, `logs/`.
+    pub data_dir: PathBuf,
+    /// Volatile state (a tmpfs in production): the admin socket, per-user `gateway.env`.
+    pub runtime_dir: PathBuf,
+    /// How long shutdown waits for in-flight requests and tasks before giving up.
+    pub drain_timeout: Duration,
+    pub admin: AdminConfig,
+    pub uids: UidRange,
+    pub ports: PortRange,
+    pub proxy: ProxyConfig,
+    pub tiers: Tiers,
+    pub lifecycle: LifecycleConfig,
+    pub shared: SharedConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// The admin API listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Unix socket (0600), always served.
+    pub socket: PathBuf,
+    /// Optional loopback TCP listener; requires `token_file`.
+    pub tcp: Option<SocketAddr>,
+    /// File (0600) holding the bearer token the TCP listener requires.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Tenant uids (and gids: gid = uid) handed out when the daemon runs as root. Inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+/// Loopback ports for dedicated workers: `first`, `first + spacing`, … up to `last`. Inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    /// Distance between two workers' ports (the Clawdbot runtime uses a few ports above its own).
+    pub spacing: u16,
+}
+
+impl PortRange {
+    /// How many workers fit in the range.
+    pub fn slots(&self) -> u32 {
+        (u32::from(self.last) - u32::from(self.first)) / u32::from(self.spacing) + 1
+    }
+}
+
+/// The member-facing reverse proxy (used by the proxy issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub ws_idle_timeout: Duration,
+    pub max_connections: u32,
+    pub per_member_max_connections: u32,
+    /// Requests per second per member; 0 = unlimited.
+    pub per_member_rps: u32,
+    /// Stop an idle dedicated worker after this long; `None` (0 in the file) = never.
+    pub idle_stop: Option<Duration>,
+}
+
+/// Resource limits and runtime of each tier's workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tiers {
+    pub shared: TierLimits,
+    pub dedicated: TierLimits,
+}
+
+impl Tiers {
+    /// The limits of one tier.
+    pub fn get(&self, tier: provisioning::Tier) -> &TierLimits {
+        match tier {
+            provisioning::Tier::Shared => &self.shared,
+            provisioning::Tier::Dedicated => &self.dedicated,
+        }
+    }
+}
+
+/// Limits applied to a worker's cgroup, and which gateway it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierLimits {
+    pub memory_max: ByteSize,
+    pub pids_max: u32,
+    /// CPU quota in percent of one core (100 = one core).
+    pub cpu_quota_percent: u32,
+    pub runtime: Runtime,
+}
+
+/// Worker supervision timings (used by the lifecycle issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    pub start_timeout: Duration,
+    pub stop_grace: Duration,
+    pub health_interval: Duration,
+}
+
+/// The multi-agent worker hosting shared members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    pub max_agents_per_worker: u32,
+}
+
+/// The WordPress webhook receiver (used by the webhooks issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// Separate listener for the tunnel's `api.` host; `None` = only on the admin listeners.
+    pub listen: Option<SocketAddr>,
+    /// 0600 file with the accepted signing secrets, one per line.
+    pub secrets_file: Option<PathBuf>,
+}
+
+/// Name used in reports for the built-in default.
+pub const EMBEDDED: &str = "<embedded default>";
+
+impl Config {
+    /// The configuration used when no file is given: `./wirebot-data`, loopback only, no root needed.
+    pub fn embedded_default() -> Config {
+        // The empty file is always valid; `parse_file` only fails on what a file says.
+        match Config::parse("", EMBEDDED) {
+            Ok(config) => config,
+            Err(_) => unreachable_default(),
+        }
+    }
+
+    /// Reads and checks a config file; a missing or unreadable file is one error naming the path.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source_name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &source_name),
+            Err(e) => Err(ConfigErrors {
+                source_name,
+                errors: vec![ConfigError {
+                    key: String::new(),
+                    message: format!("cannot read the file: {e}"),
+                }],
+            }),
+        }
+    }
+
+    /// Parses TOML text, reporting every mistake at once.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source_name: source_name.to_owned(),
+            errors,
+        };
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let at = e
+                    .span()
+                    .map(|span| line_col(text, span.start))
+                    .unwrap_or_default();
+                return Err(fail(vec![ConfigError {
+                    key: String::new(),
+                    message: format!("not valid TOML{at}: {}", e.message()),
+                }]));
+            }
+        };
+        let mut errors = Vec::new();
+        let file = ConfigFile::from_table("", &table, &mut errors);
+        let config = Config::from_file(file, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(errors))
+        }
+    }
+
+    /// The one constructor from the raw file: fills defaults and checks cross-field rules, pushing every problem.
+    pub fn from_file(file: ConfigFile, errors: &mut Vec<ConfigError>) -> Config {
+        let data_dir = file
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./wirebot-data"));
+        let runtime_dir = file.runtime_dir.unwrap_or_else(|| data_dir.join("run"));
+        let drain_timeout = Duration::from_millis(file.drain_timeout_ms.unwrap_or(10_000));
+
+        let admin = file.admin.unwrap_or_default();
+        let admin = AdminConfig {
+            socket: admin
+                .socket
+                .unwrap_or_else(|| runtime_dir.join("admin.sock")),
+            tcp: admin.tcp,
+            token_file: admin.token_file,
+        };
+        if let Some(tcp) = admin.tcp {
+            if !tcp.ip().is_loopback() {
+                push(
+                    errors,
+                    "admin.tcp",
+                    format!("{tcp} is not a loopback address (the admin API must not be exposed)"),
+                );
+            }
+            if admin.token_file.is_none() {
+                push(
+                    errors,
+                    "admin.token_file",
+                    "required when admin.tcp is set (the TCP listener needs a bearer token)",
+                );
+            }
+        }
+        // A unix socket path longer than sun_path (108 bytes with the NUL) cannot be bound.
+        if admin.socket.as_os_str().len() > 107 {
+            push(
+                errors,
+                "admin.socket",
+                format!(
+                    "{} is longer than 107 bytes (unix socket limit)",
+                    admin.socket.display()
+                ),
+            );
+        }
+
+        let uids = file.uids.unwrap_or_default();
+        let uids = UidRange {
+            first: uids.first.unwrap_or(200_000),
+            last: uids.last.unwrap_or(299_999),
+        };
+        if uids.first == 0 {
+            push(
+                errors,
+                "uids.first",
+                "must not be 0 (tenants never run as root)",
+            );
+        }
+        if uids.first > uids.last {
+            push(
+                errors,
+                "uids",
+                format!(
+                    "first ({}) is greater than last ({})",
+                    uids.first, uids.last
+                ),
+            );
+        }
+
+        let ports = file.ports.unwrap_or_default();
+        let ports = PortRange {
+            first: ports.first.unwrap_or(20_000),
+            last: ports.last.unwrap_or(29_999),
+            spacing: ports.spacing.unwrap_or(20),
+        };
+        if ports.first < 1024 {
+            push(
+                errors,
+                "ports.first",
+                format!("{} is a privileged port (use 1024 or above)", ports.first),
+            );
+        }
+        if ports.spacing == 0 {
+            push(errors, "ports.spacing", "must be at least 1");
+        }
+        if ports.first > ports.last {
+            push(
+                errors,
+                "ports",
+                format!(
+                    "first ({}) is greater than last ({})",
+                    ports.first, ports.last
+                ),
+            );
+        }
+
+        let proxy = file.proxy.unwrap_or_default();
+        let proxy = ProxyConfig {
+            listen: proxy
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            connect_timeout: Duration::from_millis(proxy.connect_timeout_ms.unwrap_or(2_000)),
+            header_timeout: Duration::from_millis(proxy.header_timeout_ms.unwrap_or(10_000)),
+            ws_idle_timeout: Duration::from_secs(proxy.ws_idle_timeout_s.unwrap_or(300)),
+            max_connections: proxy.max_connections.unwrap_or(16_000),
+            per_member_max_connections: proxy.per_member_max_connections.unwrap_or(256),
+            per_member_rps: proxy.per_member_rps.unwrap_or(0),
+            idle_stop: match proxy.idle_stop_s.unwrap_or(0) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+        };
+        if proxy.max_connections == 0 {
+            push(errors, "proxy.max_connections", "must be at least 1");
+        }
+        if proxy.per_member_max_connections == 0 {
+            push(
+                errors,
+                "proxy.per_member_max_connections",
+                "must be at least 1",
+            );
+        }
+
+        let tiers = file.tiers.unwrap_or_default();
+        let shared_default = TierLimits {
+            memory_max: ByteSize(2 << 30),
+            pids_max: 512,
+            cpu_quota_percent: 200,
+            runtime: Runtime::Wirebot,
+        };
+        let dedicated_default = TierLimits {
+            memory_max: ByteSize(512 << 20),
+            pids_max: 256,
+            cpu_quota_percent: 100,
+            runtime: Runtime::Wirebot,
+        };
+        let tiers = Tiers {
+            shared: tier_limits("tiers.shared", tiers.shared, shared_default, errors),
+            dedicated: tier_limits(
+                "tiers.dedicated",
+                tiers.dedicated,
+                dedicated_default,
+                errors,
+            ),
+        };
+
+        let lifecycle = file.lifecycle.unwrap_or_default();
+        let lifecycle = LifecycleConfig {
+            start_timeout: Duration::from_millis(lifecycle.start_timeout_ms.unwrap_or(10_000)),
+            stop_grace: Duration::from_millis(lifecycle.stop_grace_ms.unwrap_or(5_000)),
+            health_interval: Duration::from_millis(lifecycle.health_interval_ms.unwrap_or(5_000)),
+        };
+        if lifecycle.health_interval.is_zero() {
+            push(errors, "lifecycle.health_interval_ms", "must be at least 1");
+        }
+
+        let shared = SharedConfig {
+            max_agents_per_worker: file
+                .shared
+                .unwrap_or_default()
+                .max_agents_per_worker
+                .unwrap_or(100),
+        };
+        if shared.max_agents_per_worker == 0 {
+            push(errors, "shared.max_agents_per_worker", "must be at least 1");
+        }
+
+        let webhooks = file.webhooks.unwrap_or_default();
+        let webhooks = WebhooksConfig {
+            listen: webhooks.listen,
+            secrets_file: webhooks.secrets_file,
+        };
+
+        Config {
+            data_dir,
+            runtime_dir,
+            drain_timeout,
+            admin,
+            uids,
+            ports,
+            proxy,
+            tiers,
+            lifecycle,
+            shared,
+            webhooks,
+        }
+    }
+}
+
+fn tier_limits(
+    prefix: &str,
+    file: Option<TierFile>,
+    default: TierLimits,
+    errors: &mut Vec<ConfigError>,
+) -> TierLimits {
+    let file = file.unwrap_or_default();
+    let limits = TierLimits {
+        memory_max: file.memory_max.unwrap_or(default.memory_max),
+        pids_max: file.pids_max.unwrap_or(default.pids_max),
+        cpu_quota_percent: file.cpu_quota_percent.unwrap_or(default.cpu_quota_percent),
+        runtime: file.runtime.unwrap_or(default.runtime),
+    };
+    if limits.memory_max < ByteSize(16 << 20) {
+        push(
+            errors,
+            &join(prefix, "memory_max"),
+            format!("{} bytes is below the 16M minimum", limits.memory_max.0),
+        );
+    }
+    if limits.pids_max < 8 {
+        push(errors, &join(prefix, "pids_max"), "must be at least 8");
+    }
+    if limits.cpu_quota_percent == 0 {
+        push(
+            errors,
+            &join(prefix, "cpu_quota_percent"),
+            "must be at least 1",
+        );
+    }
+    limits
+}
+
+/// The empty file always parses; this exists so `embedded_default` needs no `expect`.
+#[cold]
+fn unreachable_default() -> Config {
+    let mut ignored = Vec::new();
+    Config::from_file(ConfigFile::default(), &mut ignored)
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(" at line {line}, column {col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn template_equals_the_embedded_default() {
+        assert_eq!(
+            Config::parse(TEMPLATE, "templates/wirebot.toml"),
+            Ok(Config::embedded_default())
+        );
+    }
+
+    #[test]
+    fn serde_and_the_walker_agree_on_the_template() {
+        let table: toml::Table = TEMPLATE.parse().unwrap();
+        let mut errs = Vec::new();
+        let walked = ConfigFile::from_table("", &table, &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let serde: ConfigFile = toml::from_str(TEMPLATE).unwrap();
+        assert_eq!(walked, serde);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_key() {
+        let got = errors(
+            "data_dir = 5\nbogus = 1\n[ports]\nfirst = 70000\n[tiers.premium]\npids_max = 3\n[tiers.shared]\nruntime = \"node\"\nmemory_max = \"12Q\"\n",
+        );
+        assert_eq!(
+            got,
+            vec![
+                "bogus: unknown key (expected one of: data_dir, runtime_dir, drain_timeout_ms, admin, uids, ports, proxy, tiers, lifecycle, shared, webhooks)",
+                "data_dir: expected a string, found integer",
+                "ports.first: 70000 is out of range (0..=65535)",
+                "tiers.premium: unknown key (expected one of: shared, dedicated)",
+                "tiers.shared.memory_max: \"12Q\" is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")",
+                "tiers.shared.runtime: unknown runtime \"node\", expected \"wirebot\" or \"clawdbot\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let got = errors(
+            "[admin]\ntcp = \"0.0.0.0:9000\"\n[uids]\nfirst = 10\nlast = 5\n[ports]\nspacing = 0\n",
+        );
+        assert_eq!(
+            got,
+            vec![
+                "admin.tcp: 0.0.0.0:9000 is not a loopback address (the admin API must not be exposed)",
+                "admin.token_file: required when admin.tcp is set (the TCP listener needs a bearer token)",
+                "uids: first (10) is greater than last (5)",
+                "ports.spacing: must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let got = errors("data_dir = \"x\"\n[ports\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("not valid TOML at line 2"), "{got:?}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("256M".parse::<ByteSize>(), Ok(ByteSize(256 << 20)));
+        assert_eq!("1G".parse::<ByteSize>(), Ok(ByteSize(1 << 30)));
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        assert!("M".parse::<ByteSize>().is_err());
+        assert!("-1M".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn derived_paths_follow_data_dir() {
+        let c = Config::parse("data_dir = \"/srv/w\"", "t").unwrap();
+        assert_eq!(c.runtime_dir, PathBuf::from("/srv/w/run"));
+        assert_eq!(c.admin.socket, PathBuf::from("/srv/w/run/admin.sock"));
+        assert_eq!(c.ports.slots(), 500);
+    }
+}

@@ -2,10 +2,14 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod lifecycle;
+pub mod openapi;
 pub mod proxy;
 pub mod registry;
 pub mod sandbox;
+pub mod users;
+pub mod webhook;

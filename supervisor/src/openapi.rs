@@ -1,0 +1,179 @@
+//! The OpenAPI 3.1 document of the admin API, served at `GET /v1/openapi.json`. Hand-written; a unit test in `admin.rs`
+//! checks it lists exactly the served routes, and an end-to-end test calls every operation it lists.
+
+use serde_json::{Value, json};
+
+fn problem_responses(codes: &[&str]) -> Value {
+    let mut map = serde_json::Map::new();
+    for code in codes {
+        map.insert(
+            (*code).to_owned(),
+            json!({
+                "description": "Problem details (RFC 9457)",
+                "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+            }),
+        );
+    }
+    Value::Object(map)
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+fn ok(code: &str, description: &str, schema: Value) -> Value {
+    json!({ code: { "description": description, "content": { "application/json": { "schema": schema } } } })
+}
+
+fn id_param() -> Value {
+    json!([{
+        "name": "id", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$" }
+    }])
+}
+
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let input_errors = ["400", "413", "415", "422"];
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Wirebot admin API",
+            "version": "1",
+            "description": "Served on the unix socket <runtime_dir>/admin.sock (mode 0600) and, if configured, on loopback TCP \
+                            with `Authorization: Bearer <token>`. Errors are application/problem+json; 422s carry a JSON \
+                            `pointer` to the offending field. The optional X-Wirebot-Actor header names the caller in the \
+                            audit log."
+        },
+        "paths": {
+            "/healthz": { "get": {
+                "operationId": "healthz", "summary": "Liveness",
+                "responses": ok("200", "The daemon is serving", json!({ "type": "object", "properties": { "status": { "const": "ok" } } }))
+            }},
+            "/v1/status": { "get": {
+                "operationId": "status", "summary": "Daemon status and user counts",
+                "responses": ok("200", "Status", schema_ref("Status"))
+            }},
+            "/v1/openapi.json": { "get": {
+                "operationId": "openapi", "summary": "This document",
+                "responses": ok("200", "OpenAPI 3.1 document", json!({ "type": "object" }))
+            }},
+            "/v1/users": {
+                "get": {
+                    "operationId": "listUsers", "summary": "Every user, ordered by id",
+                    "responses": ok("200", "Users", json!({ "type": "array", "items": schema_ref("User") }))
+                },
+                "post": {
+                    "operationId": "createUser",
+                    "summary": "Provision a user (registry row and state directory together); returns the gateway token once",
+                    "requestBody": body("CreateUser"),
+                    "responses": merge(
+                        ok("201", "Created", schema_ref("Created")),
+                        problem_responses(&["400", "409", "413", "415", "422", "500", "503"])
+                    )
+                }
+            },
+            "/v1/users/{id}": {
+                "parameters": id_param(),
+                "get": {
+                    "operationId": "showUser", "summary": "One user and its worker record",
+                    "responses": merge(ok("200", "User", schema_ref("User")), problem_responses(&["400", "404"]))
+                },
+                "patch": {
+                    "operationId": "updateUser", "summary": "Change tier, email or display name and re-provision (idempotent)",
+                    "requestBody": body("UpdateUser"),
+                    "responses": merge(
+                        ok("200", "Updated", schema_ref("User")),
+                        merge(problem_responses(&input_errors), problem_responses(&["404", "500", "503"]))
+                    )
+                },
+                "delete": {
+                    "operationId": "deleteUser", "summary": "Archive the state directory, then delete it and the user",
+                    "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "500"]))
+                }
+            },
+            "/v1/users/{id}/token": {
+                "parameters": id_param(),
+                "post": {
+                    "operationId": "rotateToken", "summary": "Issue a new gateway token; returned once",
+                    "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "500"]))
+                }
+            }
+        },
+        "components": { "schemas": {
+            "Problem": {
+                "type": "object", "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                    "detail": { "type": "string" }, "pointer": { "type": "string", "description": "JSON pointer (RFC 6901) into the request body" }
+                }
+            },
+            "Tier": { "type": "string", "enum": ["shared", "dedicated"] },
+            "CreateUser": {
+                "type": "object", "additionalProperties": false, "required": ["id", "tier"],
+                "properties": {
+                    "id": { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$" },
+                    "tier": schema_ref("Tier"),
+                    "email": { "type": ["string", "null"], "maxLength": 254 },
+                    "display_name": { "type": ["string", "null"], "minLength": 1, "maxLength": 128 }
+                }
+            },
+            "UpdateUser": {
+                "type": "object", "additionalProperties": false,
+                "properties": {
+                    "tier": schema_ref("Tier"),
+                    "email": { "type": ["string", "null"], "description": "null clears" },
+                    "display_name": { "type": ["string", "null"], "description": "null clears" }
+                }
+            },
+            "User": {
+                "type": "object",
+                "required": ["id", "tier", "status", "seq", "created_at", "updated_at"],
+                "properties": {
+                    "id": { "type": "string" }, "tier": schema_ref("Tier"),
+                    "status": { "type": "string", "enum": ["active", "suspended"] },
+                    "uid": { "type": ["integer", "null"] }, "gid": { "type": ["integer", "null"] },
+                    "port": { "type": ["integer", "null"] },
+                    "email": { "type": ["string", "null"] }, "display_name": { "type": ["string", "null"] },
+                    "seq": { "type": "integer" },
+                    "created_at": { "type": "string", "format": "date-time" },
+                    "updated_at": { "type": "string", "format": "date-time" },
+                    "worker": { "type": ["object", "null"] }
+                }
+            },
+            "Created": {
+                "type": "object", "required": ["user", "token"],
+                "properties": { "user": schema_ref("User"), "token": { "type": "string", "description": "Gateway token; shown only here" } }
+            },
+            "Token": {
+                "type": "object", "required": ["id", "token"],
+                "properties": { "id": { "type": "string" }, "token": { "type": "string" } }
+            },
+            "Removed": {
+                "type": "object", "required": ["id", "archive"],
+                "properties": { "id": { "type": "string" }, "archive": { "type": "string", "description": "Path of the .tar.zst archive" } }
+            },
+            "Status": {
+                "type": "object",
+                "properties": {
+                    "version": { "type": "string" }, "pid": { "type": "integer" }, "uptime_s": { "type": "integer" },
+                    "tenancy": { "type": "string", "enum": ["per-tenant-uids", "caller-owned"] },
+                    "data_dir": { "type": "string" }, "runtime_dir": { "type": "string" }, "admin_socket": { "type": "string" },
+                    "users": { "type": "object", "properties": {
+                        "total": { "type": "integer" }, "shared": { "type": "integer" }, "dedicated": { "type": "integer" } } }
+                }
+            }
+        }}
+    })
+}

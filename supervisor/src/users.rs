@@ -1,0 +1,213 @@
+//! User operations that change the registry row and the state directory together, as one logical operation:
+//! create, update (re-provision), rotate the gateway token, delete (archive first). Each appends to `events`.
+//!
+//! Consistency rule: the registry row and the directory appear and disappear together. The row is written inside a
+//! registry transaction that stays open while `provisioning` runs; a provisioning failure rolls the row back (and
+//! provisioning removes its own files), and a failure after provisioning created a tree removes that tree again.
+//! These functions are synchronous: the admin API runs them on a blocking thread.
+
+use std::path::PathBuf;
+
+use provisioning::{Owner, ProvisionSpec, Secret, Tier, UserId};
+use serde::Serialize;
+
+use crate::daemon::App;
+use crate::error::Error;
+use crate::registry::{NewUser, Outcome, UserRow, token_hash};
+
+/// A checked request to create a member.
+#[derive(Debug, Clone)]
+pub struct CreateUser {
+    pub id: UserId,
+    pub tier: Tier,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// A checked partial update. `Some(None)` clears an optional field; `None` leaves it alone.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateUser {
+    pub tier: Option<Tier>,
+    pub email: Option<Option<String>>,
+    pub display_name: Option<Option<String>>,
+}
+
+/// What a removal left behind.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    pub id: UserId,
+    /// The `.tar.zst` archive of the whole state directory, written and fsynced before the directory was deleted.
+    pub archive: PathBuf,
+}
+
+fn owner_of(row: &UserRow) -> Option<Owner> {
+    match (row.uid, row.gid) {
+        (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
+        _ => None,
+    }
+}
+
+fn spec_for(row: &UserRow) -> ProvisionSpec {
+    ProvisionSpec {
+        user: row.id.clone(),
+        tier: row.tier,
+        owner: owner_of(row),
+        email: row.email.clone(),
+        display_name: row.display_name.clone(),
+        gateway_port: row.port,
+        provider_keys: Default::default(),
+    }
+}
+
+/// Appends the audit event for `result` and passes it through. A failure to audit is logged, not returned: the action
+/// itself already happened (or did not) and the caller must learn that.
+fn audited<T>(
+    app: &App,
+    actor: &str,
+    action: &str,
+    user: &UserId,
+    result: Result<T, Error>,
+) -> Result<T, Error> {
+    let (outcome, detail) = match &result {
+        Ok(_) => (Outcome::Ok, None),
+        Err(e) => (Outcome::Error, Some(e.chain())),
+    };
+    if let Err(e) = app.registry.append_event(
+        actor,
+        action,
+        Some(user.as_str()),
+        outcome,
+        detail.as_deref(),
+    ) {
+        tracing::error!(user_id = %user, action, error = %e.chain(), "cannot append to the audit log");
+    }
+    result
+}
+
+/// Creates a member: registry row (uid/port allocated) and state directory, or neither. Returns the row and the
+/// gateway token (shown to the caller once).
+pub fn create(app: &App, actor: &str, req: CreateUser) -> Result<(UserRow, Secret), Error> {
+    let id = req.id.clone();
+    let mut created_tree = false;
+    let result = app.registry.transaction(|tx| {
+        let new = NewUser {
+            id: req.id.clone(),
+            tier: req.tier,
+            email: req.email.clone(),
+            display_name: req.display_name.clone(),
+            token_hash: String::new(),
+        };
+        let row = tx.insert_user(&new, app.tenancy.uids(), app.config.ports)?;
+        let provisioned =
+            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+                Error::Provisioning {
+                    op: "provision the state directory",
+                    user: id.clone(),
+                    source,
+                }
+            })?;
+        created_tree = provisioned.created;
+        let hash = token_hash(&provisioned.gateway_token);
+        tx.set_token_hash(&id, &hash)?;
+        Ok((
+            UserRow {
+                token_hash: hash,
+                ..row
+            },
+            provisioned.gateway_token,
+        ))
+    });
+    if result.is_err() && created_tree {
+        // Provisioning succeeded but the row did not commit: take the new tree away again so disk matches registry.
+        remove_new_tree(app, &id);
+    }
+    if let Ok((row, _)) = &result {
+        tracing::info!(user_id = %row.id, tier = %row.tier, uid = ?row.uid, port = ?row.port, actor, "user created");
+    }
+    audited(app, actor, "user.create", &id, result)
+}
+
+fn remove_new_tree(app: &App, id: &UserId) {
+    for dir in [app.layout.user_dir(id), app.layout.runtime_user_dir(id)] {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(user_id = %id, path = %dir.display(), error = %e, "cannot remove a rolled-back tree");
+        }
+    }
+}
+
+/// Updates tier, e-mail or display name and re-provisions (idempotent: unchanged values change nothing on disk).
+pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<UserRow, Error> {
+    let result = app.registry.transaction(|tx| {
+        let current = tx
+            .user(id)?
+            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
+        let tier = patch.tier.unwrap_or(current.tier);
+        let email = patch.email.clone().unwrap_or(current.email);
+        let display_name = patch.display_name.clone().unwrap_or(current.display_name);
+        let row = tx.update_user(
+            id,
+            tier,
+            email.as_deref(),
+            display_name.as_deref(),
+            app.config.ports,
+        )?;
+        provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+            Error::Provisioning {
+                op: "re-provision the state directory",
+                user: id.clone(),
+                source,
+            }
+        })?;
+        Ok(row)
+    });
+    if let Ok(row) = &result {
+        tracing::info!(user_id = %row.id, tier = %row.tier, port = ?row.port, actor, "user updated");
+    }
+    audited(app, actor, "user.update", id, result)
+}
+
+/// Issues a new gateway token (written to `clawdbot.json`, hash to the registry) and returns it once.
+pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error> {
+    let result = app.registry.transaction(|tx| {
+        let row = tx
+            .user(id)?
+            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
+        let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(&row)).map_err(
+            |source| Error::Provisioning {
+                op: "rotate the gateway token",
+                user: id.clone(),
+                source,
+            },
+        )?;
+        tx.set_token_hash(id, &token_hash(&token))?;
+        Ok(token)
+    });
+    if result.is_ok() {
+        tracing::info!(user_id = %id, actor, "gateway token rotated");
+    }
+    audited(app, actor, "user.token.rotate", id, result)
+}
+
+/// Removes a member: archives and deletes the directory, then the row commits away (uid, port, bindings freed).
+/// If archiving fails nothing is deleted and the row stays.
+pub fn delete(app: &App, actor: &str, id: &UserId) -> Result<Removed, Error> {
+    let result = app.registry.transaction(|tx| {
+        tx.delete_user(id)?;
+        let archive =
+            provisioning::deprovision(&app.layout, id).map_err(|source| Error::Provisioning {
+                op: "archive and remove the state directory",
+                user: id.clone(),
+                source,
+            })?;
+        Ok(Removed {
+            id: id.clone(),
+            archive,
+        })
+    });
+    if let Ok(removed) = &result {
+        tracing::info!(user_id = %id, archive = %removed.archive.display(), actor, "user removed");
+    }
+    audited(app, actor, "user.delete", id, result)
+}
