@@ -40,3 +40,4 @@ pub mod fake_embeddings;
 pub mod fake_provider;
 pub mod supervisor;
 pub mod worker;
+pub mod wordpress;

@@ -1,0 +1,531 @@
+//! Signed WordPress webhooks against the receiver on a real loopback port with a real SQLite file: every status code of
+//! the contract, the test vector (and the PyPI `standardwebhooks` oracle), rotation, replay, dedup, `seq` ordering,
+//! `members.sync`, and end to end from a real WordPress 6.1.9 with the `deploy/wordpress/wirebot` plugin.
+//!
+//! The receiver runs in-process (axum on 127.0.0.1:0) until the daemon mounts it; hostile requests are checked to leave
+//! every webhook table byte-for-byte unchanged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+use supervisor::webhook::{self, ReconcileRequest, Store, WebhookState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const NEW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SITE: &str = "https://network.example";
+
+/// The receiver served on a loopback port, with its SQLite file and the reconciler's end of the channel.
+struct Receiver {
+    addr: SocketAddr,
+    db: PathBuf,
+    state: WebhookState,
+    store: Arc<Store>,
+    reconcile: mpsc::Receiver<ReconcileRequest>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A response as the sender sees it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    retry_after: Option<String>,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// Asserts a problem+json answer with this status and code, and returns its detail.
+    fn problem(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.content_type, "application/problem+json", "{}", self.text);
+        let body = self.json();
+        assert_eq!(body["type"], format!("https://wirebot/errors/{code}"), "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+        assert!(!self.text.contains("C2FVsBQIhrscChlQIMV") && !self.text.contains("whsec_"), "secret echoed: {}", self.text);
+        body["detail"].as_str().unwrap().to_owned()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Standard Webhooks v1 written out here, independently of the code under test.
+fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+fn secrets_toml(secrets: &[&str]) -> String {
+    let list: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[[sites]]\nurl = \"{SITE}\"\nsecrets = [{}]\n", list.join(", "))
+}
+
+fn write_private(path: &Path, text: &str, mode: u32) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn event_id(n: u64) -> String {
+    // evt_ + 26 Crockford base32 characters, like the plugin's ULIDs
+    format!("evt_01JDQ{:021}", n)
+}
+
+fn member_event(kind: &str, wp_user_id: u64, seq: u64, status: &str, tier: &str) -> String {
+    json!({"type": kind, "timestamp": "2026-11-24T10:58:35Z",
+           "data": {"site": SITE, "user": {"wp_user_id": wp_user_id, "email": format!("u{wp_user_id}@example.com")},
+                    "seq": seq, "state": {"status": status, "tier": tier}}})
+    .to_string()
+}
+
+impl Receiver {
+    async fn start(secrets: &[&str]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets_file = dir.path().join("webhook-secrets.toml");
+        write_private(&secrets_file, &secrets_toml(secrets), 0o600);
+        let sites = webhook::load_secrets(&secrets_file).unwrap();
+        let db = dir.path().join("registry.sqlite");
+        let store = Arc::new(Store::open(&db).unwrap());
+        let (tx, reconcile) = mpsc::channel(4096);
+        let shutdown = CancellationToken::new();
+        let state = WebhookState::new(Arc::clone(&store), sites, tx, shutdown.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = webhook::router(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        Receiver { addr, db, state, store, reconcile, shutdown, server, http, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1/webhooks/wordpress", self.addr)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.unwrap();
+        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        Answer { status, content_type, retry_after, text }
+    }
+
+    /// POSTs `body` signed with `secrets` (all listed in webhook-signature) at timestamp `ts`.
+    async fn post_signed_at(&self, secrets: &[&str], id: &str, ts: i64, body: &str) -> Answer {
+        let signature: Vec<String> = secrets.iter().map(|s| sign(s, id, ts, body.as_bytes())).collect();
+        self.send(
+            self.http
+                .post(self.url())
+                .header("content-type", "application/json")
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature.join(" "))
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    async fn post(&self, id: &str, body: &str) -> Answer {
+        self.post_signed_at(&[SECRET], id, now(), body).await
+    }
+
+    /// Every webhook table, row by row, as text: equal dumps mean the store is unchanged.
+    fn dump(&self) -> String {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let mut tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'webhook_%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        tables.sort();
+        assert_eq!(tables.len(), 5, "{tables:?}");
+        let mut out = String::new();
+        for table in tables {
+            out.push_str(&format!("== {table}\n"));
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")).unwrap();
+            let columns = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((0..columns).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+                })
+                .unwrap();
+            for row in rows {
+                out.push_str(&row.unwrap());
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        rusqlite::Connection::open(&self.db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Receives the next reconcile request (the receiver sends it before answering).
+    fn next_request(&mut self) -> ReconcileRequest {
+        self.reconcile.try_recv().expect("a reconcile request was sent before the answer")
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Sends `send` and asserts it changed no webhook table.
+async fn unchanged<F: std::future::Future<Output = Answer>>(receiver: &Receiver, send: F) -> Answer {
+    let before = receiver.dump();
+    let answer = send.await;
+    assert_eq!(receiver.dump(), before, "a rejected delivery changed the store: {answer:?}");
+    answer
+}
+
+#[test]
+fn contract_test_vector_signs_as_documented() {
+    let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+    let expected = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+    assert_eq!(sign(SECRET, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body), expected);
+    let secret = webhook::Secret::parse(SECRET).unwrap();
+    assert_eq!(webhook::signature::sign(&secret, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body), expected);
+}
+
+#[test]
+fn signatures_agree_with_the_pypi_standardwebhooks_oracle() {
+    let Some(python) = tests::wordpress::python_oracle() else {
+        eprintln!("SKIP signatures_agree_with_the_pypi_standardwebhooks_oracle: PyPI standardwebhooks 1.1.0 unavailable");
+        return;
+    };
+    let ts = now();
+    let body = member_event("member.created", 42, 1, "active", "shared");
+    let ours = webhook::signature::sign(&webhook::Secret::parse(NEW_SECRET).unwrap(), "evt_oracle", ts, body.as_bytes());
+    // The oracle verifies our signature, then signs the same message for us to verify.
+    let script = r#"
+import sys, json
+from standardwebhooks.webhooks import Webhook
+secret, msg_id, ts, sig, body = sys.argv[1:6]
+wh = Webhook(secret)
+wh.verify(body, {"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": sig})
+from datetime import datetime, timezone
+print(wh.sign(msg_id, datetime.fromtimestamp(int(ts), tz=timezone.utc), body))
+"#;
+    let output = std::process::Command::new(&python)
+        .args(["-c", script, NEW_SECRET, "evt_oracle", &ts.to_string(), &ours, &body])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "oracle rejected our signature: {}", String::from_utf8_lossy(&output.stderr));
+    let theirs = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(theirs, ours);
+    let sites = vec![webhook::SiteSecrets { url: SITE.into(), secrets: vec![webhook::Secret::parse(NEW_SECRET).unwrap()] }];
+    webhook::signature::verify(&sites, "evt_oracle", &ts.to_string(), &theirs, body.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn accepted_then_replayed_then_reused_then_stale() {
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    let created = member_event("member.created", 42, 1, "active", "shared");
+
+    let first = receiver.post(&event_id(1), &created).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(first.content_type, "application/json");
+    let body = first.json();
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(body["event_id"], event_id(1));
+    assert_eq!(body["user_id"], "wp42");
+    let request = receiver.next_request();
+    assert_eq!(request.user_id.as_str(), "wp42");
+    assert_eq!(body["operation_id"], request.operation_id.to_string());
+    assert_eq!(request.desired, webhook::DesiredState { status: webhook::Status::Active, tier: webhook::Tier::Shared });
+
+    // A retry: same id and body, fresh timestamp → the stored answer, nothing new enqueued.
+    let retry = unchanged(&receiver, receiver.post(&event_id(1), &created)).await;
+    assert_eq!((retry.status, retry.json()), (202, body.clone()));
+    assert!(receiver.reconcile.try_recv().is_err());
+
+    // The same id with another body.
+    let other = member_event("member.created", 42, 2, "active", "dedicated");
+    let detail = unchanged(&receiver, receiver.post(&event_id(1), &other)).await.problem(409, "idempotency_key_reused");
+    assert!(detail.contains(&event_id(1)), "{detail}");
+
+    // Out of order: seq 3 arrives, then seq 2.
+    let tier3 = member_event("member.tier_changed", 42, 3, "active", "dedicated");
+    assert_eq!(receiver.post(&event_id(3), &tier3).await.status, 202);
+    let op3 = receiver.next_request();
+    let tier2 = member_event("member.tier_changed", 42, 2, "active", "none");
+    let stale = receiver.post(&event_id(2), &tier2).await;
+    assert_eq!(stale.status, 200, "{}", stale.text);
+    assert_eq!(stale.json()["status"], "stale_ignored");
+    assert!(receiver.reconcile.try_recv().is_err());
+    let (desired, seq) = receiver.store.desired(&"wp42".parse().unwrap()).unwrap().unwrap();
+    assert_eq!((desired.tier, seq), (webhook::Tier::Dedicated, 3));
+
+    // The first operation was superseded by the second; once the reconciler finishes, an unchanged state is "applied".
+    assert_eq!(receiver.count("SELECT COUNT(*) FROM webhook_operations WHERE state = 'superseded'"), 1);
+    assert!(receiver.store.start_operation(op3.operation_id, now()).unwrap());
+    assert!(!receiver.store.start_operation(request.operation_id, now()).unwrap(), "superseded ops are skipped");
+    receiver.store.finish_operation(op3.operation_id, Ok(()), now()).unwrap();
+    let updated = member_event("member.updated", 42, 4, "active", "dedicated");
+    let applied = receiver.post(&event_id(4), &updated).await;
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    assert_eq!(applied.json()["status"], "applied");
+    assert!(receiver.reconcile.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn hostile_requests_get_their_status_code_and_change_nothing() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    assert_eq!(receiver.post(&event_id(1), &member_event("member.created", 7, 1, "active", "shared")).await.status, 202);
+    let body = member_event("member.created", 8, 1, "active", "shared");
+    let ts = now();
+    let id = event_id(2);
+    let sig = sign(SECRET, &id, ts, body.as_bytes());
+    let post = || {
+        receiver
+            .http
+            .post(receiver.url())
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", &sig)
+    };
+
+    // 405
+    let answer = unchanged(&receiver, receiver.send(receiver.http.get(receiver.url()))).await;
+    answer.problem(405, "method_not_allowed");
+    // 415: no content type, then text/plain
+    unchanged(&receiver, receiver.send(post().body(body.clone()))).await.problem(415, "unsupported_media_type");
+    let plain = post().header("content-type", "text/plain").body(body.clone());
+    unchanged(&receiver, receiver.send(plain)).await.problem(415, "unsupported_media_type");
+    // 413, declared by Content-Length
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let oversize = post().header("content-type", "application/json").body(big);
+    unchanged(&receiver, receiver.send(oversize)).await.problem(413, "payload_too_large");
+    // 413, chunked without Content-Length: refused while streaming
+    let chunked = unchanged(&receiver, chunked_post(receiver.addr, 70 * 1024)).await;
+    chunked.problem(413, "payload_too_large");
+    // 401 invalid_signature: wrong secret, tampered body, empty signature, missing header
+    let json = |b: reqwest::RequestBuilder| b.header("content-type", "application/json");
+    let wrong = json(receiver.http.post(receiver.url()))
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign(NEW_SECRET, &id, ts, body.as_bytes()))
+        .body(body.clone());
+    unchanged(&receiver, receiver.send(wrong)).await.problem(401, "invalid_signature");
+    let tampered = json(post()).body(body.replace("shared", "dedicated"));
+    unchanged(&receiver, receiver.send(tampered)).await.problem(401, "invalid_signature");
+    let empty = json(receiver.http.post(receiver.url()))
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", "v1,")
+        .body(body.clone());
+    let detail = unchanged(&receiver, receiver.send(empty)).await.problem(401, "invalid_signature");
+    assert!(detail.contains("no v1 signature"), "{detail}");
+    let unsigned = json(receiver.http.post(receiver.url())).header("webhook-id", &id).body(body.clone());
+    let detail = unchanged(&receiver, receiver.send(unsigned)).await.problem(401, "invalid_signature");
+    assert!(detail.contains("webhook-timestamp"), "{detail}");
+    // 401 timestamp_out_of_window, both ways
+    for skew in [-301, 301] {
+        let answer = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &id, now() + skew, &body)).await;
+        let detail = answer.problem(401, "timestamp_out_of_window");
+        assert!(detail.contains("300 s"), "{detail}");
+    }
+    // 400 malformed_json (signed, so it reaches step 4)
+    unchanged(&receiver, receiver.post(&id, "{\"type\": ")).await.problem(400, "malformed_json");
+    unchanged(&receiver, receiver.post(&id, "not json at all")).await.problem(400, "malformed_json");
+    // 422 invalid_payload with pointers
+    for (bad, pointer) in [
+        (member_event("member.created", 8, 1, "active", "gold"), "/data/state/tier"),
+        (member_event("member.created", 8, 1, "paused", "shared"), "/data/state/status"),
+        (member_event("member.created", 8, 1, "suspended", "shared"), "/data/state/status"),
+        (member_event("member.exploded", 8, 1, "active", "shared"), "/type"),
+        (member_event("member.created", 8, 1, "active", "shared").replace(SITE, "https://other.example"), "/data/site"),
+        (member_event("member.created", 8, 1, "active", "shared").replace("\"seq\":1", "\"seq\":\"1\""), "/data/seq"),
+    ] {
+        let detail = unchanged(&receiver, receiver.post(&id, &bad)).await.problem(422, "invalid_payload");
+        assert!(detail.starts_with(pointer), "{pointer}: {detail}");
+        assert!(!detail.contains("gold") && !detail.contains("paused"), "value echoed: {detail}");
+    }
+    // 503 with Retry-After while shutting down
+    receiver.shutdown.cancel();
+    let answer = unchanged(&receiver, receiver.post(&id, &body)).await;
+    answer.problem(503, "shutting_down");
+    assert_eq!(answer.retry_after.as_deref(), Some("5"));
+}
+
+/// A POST with a chunked body of `size` bytes and no Content-Length, on a raw socket.
+async fn chunked_post(addr: SocketAddr, size: usize) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/webhooks/wordpress HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         webhook-id: evt_chunked\r\nwebhook-timestamp: {}\r\nwebhook-signature: v1,AAAA\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        now()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 8192];
+    for _ in 0..size / chunk.len() + 1 {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if stream.write_all(&frame).await.is_err() {
+            break; // the server answered and closed early: exactly what a size cap does
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let content_type = text
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .unwrap_or_default();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Answer { status, content_type, retry_after: None, text: body }
+}
+
+#[tokio::test]
+async fn identity_conflicts_are_refused_and_change_nothing() {
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    let with_leader = |wp: u64, seq: u64, leader: &str| {
+        json!({"type": "member.updated", "timestamp": "2026-11-24T10:58:35Z",
+               "data": {"site": SITE, "user": {"wp_user_id": wp, "ring_leader_id": leader},
+                        "seq": seq, "state": {"status": "active", "tier": "shared"}}})
+        .to_string()
+    };
+    assert_eq!(receiver.post(&event_id(1), &with_leader(42, 1, "rl_7f3a")).await.status, 202);
+    assert_eq!(receiver.post(&event_id(2), &with_leader(43, 1, "rl_other")).await.status, 202);
+    // wp 42 rebound to another ring leader; wp 44 claiming wp 42's ring leader
+    let detail = unchanged(&receiver, receiver.post(&event_id(3), &with_leader(42, 2, "rl_other2"))).await.problem(409, "identity_conflict");
+    assert!(detail.contains("wp42") && detail.contains("another ring_leader_id"), "{detail}");
+    let detail = unchanged(&receiver, receiver.post(&event_id(4), &with_leader(44, 1, "rl_7f3a"))).await.problem(409, "identity_conflict");
+    assert!(detail.contains("another wp_user_id"), "{detail}");
+
+    // Delete wp 43; once the reconciler has archived it (tombstone), a late created with a higher seq is refused.
+    let deleted = member_event("member.deleted", 43, 5, "deleted", "none");
+    assert_eq!(receiver.post(&event_id(5), &deleted).await.status, 202);
+    let created = member_event("member.created", 43, 6, "active", "shared");
+    unchanged(&receiver, receiver.post(&event_id(6), &created)).await.problem(409, "identity_conflict");
+    while receiver.reconcile.try_recv().is_ok() {}
+    receiver.store.write_tombstone(&"wp43".parse().unwrap(), now()).unwrap();
+    let detail = unchanged(&receiver, receiver.post(&event_id(7), &created)).await.problem(409, "identity_conflict");
+    assert!(detail.contains("tombstoned"), "{detail}");
+    // A late created with an older seq is merely stale.
+    let late = member_event("member.created", 43, 1, "active", "shared");
+    assert_eq!(receiver.post(&event_id(8), &late).await.json()["status"], "stale_ignored");
+}
+
+#[tokio::test]
+async fn rotation_accepts_dual_signed_then_only_the_new_secret() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    let body = |seq| member_event("member.updated", 9, seq, "active", "shared");
+    // 1. The supervisor adds the new secret: old-only, new-only and dual-signed deliveries all verify.
+    receiver.state.set_sites(sites(&[SECRET, NEW_SECRET]));
+    assert_eq!(receiver.post_signed_at(&[SECRET], &event_id(1), now(), &body(1)).await.status, 202);
+    assert_eq!(receiver.post_signed_at(&[SECRET, NEW_SECRET], &event_id(2), now(), &body(2)).await.status, 202);
+    assert_eq!(receiver.post_signed_at(&[NEW_SECRET], &event_id(3), now(), &body(3)).await.status, 202);
+    // 2. The old secret is removed: dual-signed and new-only still verify, old-only does not.
+    receiver.state.set_sites(sites(&[NEW_SECRET]));
+    assert_eq!(receiver.post_signed_at(&[SECRET, NEW_SECRET], &event_id(4), now(), &body(4)).await.status, 202);
+    assert_eq!(receiver.post_signed_at(&[NEW_SECRET], &event_id(5), now(), &body(5)).await.status, 202);
+    let old = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &event_id(6), now(), &body(6))).await;
+    old.problem(401, "invalid_signature");
+}
+
+fn sites(secrets: &[&str]) -> Vec<webhook::SiteSecrets> {
+    webhook::secrets::parse_secrets(&secrets_toml(secrets), Path::new("test.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn a_replayed_old_delivery_is_refused_but_its_fresh_retry_is_answered() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    let body = member_event("member.created", 11, 1, "active", "dedicated");
+    // Captured 10 minutes ago with a valid signature: outside the window.
+    let old = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &event_id(1), now() - 600, &body)).await;
+    old.problem(401, "timestamp_out_of_window");
+    // The sender's retry carries a fresh timestamp and the same id: accepted once, then replayed.
+    let fresh = receiver.post(&event_id(1), &body).await;
+    assert_eq!(fresh.status, 202, "{}", fresh.text);
+    let again = receiver.post(&event_id(1), &body).await;
+    assert_eq!(again.json(), fresh.json());
+}
+
+#[tokio::test]
+async fn members_sync_applies_two_hundred_per_request_and_reports_each() {
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    // wp 1 is already known at seq 5 → stale in the sync; the rest are new.
+    assert_eq!(receiver.post(&event_id(1), &member_event("member.created", 1, 5, "active", "shared")).await.status, 202);
+    receiver.next_request();
+    let members: Vec<Value> = (1..=200)
+        .map(|wp| json!({"user": {"wp_user_id": wp}, "seq": 1, "state": {"status": "active", "tier": if wp % 2 == 0 { "dedicated" } else { "shared" }}}))
+        .collect();
+    let sync = json!({"type": "members.sync", "timestamp": "2026-11-24T10:58:35Z", "data": {"site": SITE, "members": members}}).to_string();
+    let answer = receiver.post(&event_id(2), &sync).await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    let results = answer.json()["members"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 200);
+    assert_eq!(results[0]["status"], "stale_ignored");
+    assert!(results[1..].iter().all(|r| r["status"] == "accepted"), "{results:?}");
+    let mut requests = 0;
+    while receiver.reconcile.try_recv().is_ok() {
+        requests += 1;
+    }
+    assert_eq!(requests, 199);
+    assert_eq!(receiver.count("SELECT COUNT(*) FROM webhook_desired"), 200);
+    // 201 members is one too many.
+    let too_many: Vec<Value> =
+        (1..=201).map(|wp| json!({"user": {"wp_user_id": wp}, "seq": 9, "state": {"status": "active", "tier": "none"}})).collect();
+    let sync = json!({"type": "members.sync", "timestamp": "2026-11-24T10:58:35Z", "data": {"site": SITE, "members": too_many}}).to_string();
+    let detail = unchanged(&receiver, receiver.post(&event_id(3), &sync)).await.problem(422, "invalid_payload");
+    assert!(detail.starts_with("/data/members"), "{detail}");
+}
+
+#[tokio::test]
+async fn webhook_test_and_ping_answer_without_state_changes() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    let ping = receiver.send(receiver.http.get(format!("http://{}/v1/webhooks/wordpress/ping", receiver.addr))).await;
+    assert_eq!((ping.status, ping.json()["status"].clone()), (200, json!("ok")));
+    let test = json!({"type": "webhook.test", "timestamp": "2026-11-24T10:58:35Z", "data": {"site": SITE}}).to_string();
+    let answer = receiver.post(&event_id(1), &test).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["status"], "ok");
+    assert_eq!(receiver.count("SELECT COUNT(*) FROM webhook_members"), 0);
+}
+
+#[test]
+fn a_secrets_file_readable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secrets.toml");
+    write_private(&path, &secrets_toml(&[SECRET]), 0o644);
+    let err = webhook::load_secrets(&path).unwrap_err().to_string();
+    assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+    assert!(!err.contains("C2FV"), "{err}");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(webhook::load_secrets(&path).unwrap()[0].secrets.len(), 1);
+}
