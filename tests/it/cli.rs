@@ -321,3 +321,42 @@ fn sigterm_drains_and_a_stale_socket_after_kill9_is_replaced() {
     );
     assert!(!socket.exists(), "the socket was not removed on SIGTERM");
 }
+
+#[test]
+fn readiness_goes_to_systemd_the_watchdog_is_fed_and_state_is_private() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(tests::supervisor::DEADLINE))
+        .unwrap();
+    let options = Options {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), notify_path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "200000".into()),
+        ],
+        ..Options::default()
+    };
+    let sup = Supervisor::start_with(&dir, options);
+
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen.iter().any(|m| m == "READY=1") && seen.iter().any(|m| m == "WATCHDOG=1")) {
+        let n = notify
+            .recv(&mut buf)
+            .expect("no sd-notify message before the deadline");
+        seen.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(seen[0], "READY=1", "READY=1 comes first: {seen:?}");
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(sup.socket()), 0o600, "admin socket");
+    assert_eq!(mode(sup.data_dir()), 0o700, "data_dir");
+    assert_eq!(mode(sup.runtime_dir()), 0o700, "runtime_dir");
+    assert_eq!(mode(&sup.data_dir().join("wirebot.db")), 0o600, "registry");
+}
