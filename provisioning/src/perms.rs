@@ -41,11 +41,30 @@ pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<Owner>) -> Result
         Ok(meta) if meta.is_dir() => false,
         Ok(meta) => return Err(wrong_type(path, "directory", &meta)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(mode & 0o7777)
-                .create(path)
-                .map_err(Error::io("create directory", path))?;
-            true
+            match std::fs::DirBuilder::new().mode(mode & 0o7777).create(path) {
+                Ok(()) => true,
+                // Created concurrently (e.g. `users/` by another provision): check what is there now.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    match std::fs::symlink_metadata(path) {
+                        Ok(meta) if meta.is_dir() => false,
+                        Ok(meta) => return Err(wrong_type(path, "directory", &meta)),
+                        Err(source) => {
+                            return Err(Error::Io {
+                                op: "inspect",
+                                path: path.to_owned(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "create directory",
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
         }
         Err(e) => {
             return Err(Error::Io {

@@ -1,6 +1,6 @@
 //! Idempotent provisioning of one user's state tree (with rollback of a failed first run) and gateway-token access.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -187,8 +187,14 @@ fn converge_tree(
 ) -> Result<bool, Error> {
     let owner = spec.owner;
     let mut changed = ensure_dir(root, DIR_MODE, owner)?.changed();
+    // Parents of directories created here: fsynced at the end unless an atomic write into them already did it.
+    let mut unsynced = BTreeSet::new();
     for dir in DIRS {
-        changed |= ensure_dir(&root.join(dir), DIR_MODE, owner)?.changed();
+        let path = root.join(dir);
+        if ensure_dir(&path, DIR_MODE, owner)? == Change::Created {
+            unsynced.insert(path.parent().unwrap_or(root).to_owned());
+            changed = true;
+        }
     }
 
     let config_path = root.join("clawdbot.json");
@@ -223,13 +229,27 @@ fn converge_tree(
             FILE_MODE,
             owner,
         )?;
+        unsynced.remove(root);
         changed = true;
     }
 
     let auth_profiles = root.join("agents/main/agent/auth-profiles.json");
-    changed |= write_if_missing(&auth_profiles, AUTH_PROFILES.as_bytes(), owner)?;
     let memory = root.join("workspace/MEMORY.md");
-    changed |= write_if_missing(&memory, starter_memory(spec).as_bytes(), owner)?;
+    for (path, bytes) in [
+        (auth_profiles, AUTH_PROFILES.to_owned()),
+        (memory, starter_memory(spec)),
+    ] {
+        let change = write_if_missing(&path, bytes.as_bytes(), owner)?;
+        if change == Change::Created
+            && let Some(dir) = path.parent()
+        {
+            unsynced.remove(dir);
+        }
+        changed |= change.changed();
+    }
+    for dir in &unsynced {
+        atomic::sync_dir(dir)?;
+    }
     Ok(changed)
 }
 
@@ -242,10 +262,13 @@ fn converge_runtime(
     create_root(&layout.runtime_users_dir())?;
     let dir = layout.runtime_user_dir(&spec.user);
     let dir_change = ensure_dir(&dir, DIR_MODE, spec.owner)?;
-    *created |= dir_change == Change::Created;
+    if dir_change == Change::Created {
+        *created = true;
+        atomic::sync_dir(&layout.runtime_users_dir())?;
+    }
     let env = layout.gateway_env(&spec.user);
     let changed = if spec.provider_keys.is_empty() {
-        write_if_missing(&env, b"", spec.owner)?
+        write_if_missing(&env, b"", spec.owner)?.changed()
     } else {
         let mut text = String::new();
         for (name, key) in &spec.provider_keys {
@@ -265,14 +288,18 @@ fn converge_runtime(
     Ok(dir_change.changed() | changed)
 }
 
-/// Write `bytes` to `path` unless a file is already there (then only fix its mode and owner); returns whether
-/// anything changed. This is how user data (MEMORY.md, auth-profiles.json) is never clobbered.
-fn write_if_missing(path: &Path, bytes: &[u8], owner: Option<Owner>) -> Result<bool, Error> {
+/// Write `bytes` to `path` unless a file is already there (then only fix its mode and owner). This is how user
+/// data (MEMORY.md, auth-profiles.json) is never clobbered.
+fn write_if_missing(path: &Path, bytes: &[u8], owner: Option<Owner>) -> Result<Change, Error> {
     match std::fs::symlink_metadata(path) {
-        Ok(_) => fix_file(path, FILE_MODE, owner),
+        Ok(_) => Ok(if fix_file(path, FILE_MODE, owner)? {
+            Change::Fixed
+        } else {
+            Change::Unchanged
+        }),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             atomic::write_file_owned(path, bytes, FILE_MODE, owner)?;
-            Ok(true)
+            Ok(Change::Created)
         }
         Err(source) => Err(Error::Io {
             op: "inspect",
@@ -308,7 +335,12 @@ fn create_root(dir: &Path) -> Result<(), Error> {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
             }
-            ensure_dir(dir, USERS_DIR_MODE, None).map(drop)
+            if ensure_dir(dir, USERS_DIR_MODE, None)? == Change::Created
+                && let Some(parent) = dir.parent()
+            {
+                atomic::sync_dir(parent)?;
+            }
+            Ok(())
         }
         Err(source) => Err(Error::Io {
             op: "inspect",
