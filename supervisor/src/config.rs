@@ -20,15 +20,31 @@ pub const TEMPLATE: &str = include_str!("../../templates/wirebot.toml");
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    /// 1-based line of the key (or its table header) in the file, when it is written there.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// An error at `key` (dotted path; empty for the whole file), line unknown.
+    pub fn new(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.to_owned(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
         }
+        write!(f, "{}", self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
     }
 }
 
@@ -69,10 +85,7 @@ trait FromToml: Sized {
 }
 
 fn push(errors: &mut Vec<ConfigError>, key: &str, message: impl Into<String>) {
-    errors.push(ConfigError {
-        key: key.to_owned(),
-        message: message.into(),
-    });
+    errors.push(ConfigError::new(key, message));
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -535,10 +548,7 @@ impl Config {
             Ok(text) => Config::parse(&text, &source_name),
             Err(e) => Err(ConfigErrors {
                 source_name,
-                errors: vec![ConfigError {
-                    key: String::new(),
-                    message: format!("cannot read the file: {e}"),
-                }],
+                errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
             }),
         }
     }
@@ -557,20 +567,23 @@ impl Config {
                     .span()
                     .map(|span| line_col(text, span.start))
                     .unwrap_or_default();
-                return Err(fail(vec![ConfigError {
-                    key: String::new(),
-                    message: format!("not valid TOML{at}: {}", e.message()),
-                }]));
+                return Err(fail(vec![ConfigError::new(
+                    "",
+                    format!("not valid TOML{at}: {}", e.message()),
+                )]));
             }
         };
         let mut errors = Vec::new();
         let file = ConfigFile::from_table("", &table, &mut errors);
         let config = Config::from_file(file, &mut errors);
         if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(errors))
+            return Ok(config);
         }
+        let lines = key_lines(text);
+        for e in &mut errors {
+            e.line = lines.get(&e.key).copied();
+        }
+        Err(fail(errors))
     }
 
     /// The one constructor from the raw file: fills defaults and checks cross-field rules, pushing every problem.
@@ -800,6 +813,26 @@ fn unreachable_default() -> Config {
     Config::from_file(ConfigFile::default(), &mut ignored)
 }
 
+/// Where each dotted key (`ports.first`) and table (`tiers.shared`) is written: a line scanner for the plain
+/// `[table]` / `key = value` style our files use (inline tables and dotted keys just get no line number).
+fn key_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    let mut lines = std::collections::HashMap::new();
+    let mut table = String::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = header.trim().trim_matches('"').to_owned();
+            lines.entry(table.clone()).or_insert(index + 1);
+        } else if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            if !key.is_empty() && !key.starts_with('#') {
+                lines.entry(join(&table, key)).or_insert(index + 1);
+            }
+        }
+    }
+    lines
+}
+
 fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -844,12 +877,12 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "bogus: unknown key (expected one of: data_dir, runtime_dir, drain_timeout_ms, admin, uids, ports, proxy, tiers, lifecycle, shared, webhooks)",
-                "data_dir: expected a string, found integer",
-                "ports.first: 70000 is out of range (0..=65535)",
-                "tiers.premium: unknown key (expected one of: shared, dedicated)",
-                "tiers.shared.memory_max: \"12Q\" is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\")",
-                "tiers.shared.runtime: unknown runtime \"node\", expected \"wirebot\" or \"clawdbot\"",
+                "bogus: unknown key (expected one of: data_dir, runtime_dir, drain_timeout_ms, admin, uids, ports, proxy, tiers, lifecycle, shared, webhooks) (line 2)",
+                "data_dir: expected a string, found integer (line 1)",
+                "ports.first: 70000 is out of range (0..=65535) (line 4)",
+                "tiers.premium: unknown key (expected one of: shared, dedicated) (line 5)",
+                "tiers.shared.memory_max: \"12Q\" is not a size (use bytes or a number with K, M, G or T, e.g. \"256M\") (line 9)",
+                "tiers.shared.runtime: unknown runtime \"node\", expected \"wirebot\" or \"clawdbot\" (line 8)",
             ]
         );
     }
@@ -862,10 +895,10 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "admin.tcp: 0.0.0.0:9000 is not a loopback address (the admin API must not be exposed)",
+                "admin.tcp: 0.0.0.0:9000 is not a loopback address (the admin API must not be exposed) (line 2)",
                 "admin.token_file: required when admin.tcp is set (the TCP listener needs a bearer token)",
-                "uids: first (10) is greater than last (5)",
-                "ports.spacing: must be at least 1",
+                "uids: first (10) is greater than last (5) (line 3)",
+                "ports.spacing: must be at least 1 (line 7)",
             ]
         );
     }

@@ -117,10 +117,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 fn config_error(key: &str, message: String) -> Error {
     Error::Config(ConfigErrors {
         source_name: "wirebot.toml".into(),
-        errors: vec![ConfigError {
-            key: key.into(),
-            message,
-        }],
+        errors: vec![ConfigError::new(key, message)],
     })
 }
 

@@ -33,19 +33,29 @@ fn a_config_with_three_mistakes_reports_all_three() {
             data.display().to_string()
         ),
     );
+    // (what, where): each mistake is reported with its key path and its line.
     let expected = [
-        "ports.first: 70000 is out of range (0..=65535)",
-        "proxy.listen_addr: unknown key",
-        "tiers.premium: unknown key (expected one of: shared, dedicated)",
+        ("ports.first: 70000 is out of range (0..=65535)", "(line 4)"),
+        ("proxy.listen_addr: unknown key", "(line 7)"),
+        (
+            "tiers.premium: unknown key (expected one of: shared, dedicated)",
+            "(line 9)",
+        ),
     ];
+    let reported = |stderr: &str, (what, line): (&str, &str)| {
+        stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with(what) && l.ends_with(line))
+    };
 
     let check = wirebot(["config", "check", path.to_str().unwrap()]);
     check.fails_with(64);
     assert!(check.stderr.contains("3 errors"), "{}", check.stderr);
-    for line in expected {
+    for mistake in expected {
         assert!(
-            check.stderr.contains(line),
-            "missing {line:?} in:\n{}",
+            reported(&check.stderr, mistake),
+            "missing {mistake:?} in:
+{}",
             check.stderr
         );
     }
@@ -53,10 +63,11 @@ fn a_config_with_three_mistakes_reports_all_three() {
     // `serve` checks the same way before touching anything: nothing created, nothing bound.
     let serve = wirebot(["--config", path.to_str().unwrap(), "serve"]);
     serve.fails_with(64);
-    for line in expected {
+    for mistake in expected {
         assert!(
-            serve.stderr.contains(line),
-            "missing {line:?} in:\n{}",
+            reported(&serve.stderr, mistake),
+            "missing {mistake:?} in:
+{}",
             serve.stderr
         );
     }
