@@ -53,24 +53,44 @@ impl Answer {
     /// Asserts a problem+json answer with this status and code, and returns its detail.
     fn problem(&self, status: u16, code: &str) -> String {
         assert_eq!(self.status, status, "{}", self.text);
-        assert_eq!(self.content_type, "application/problem+json", "{}", self.text);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.text
+        );
         let body = self.json();
-        assert_eq!(body["type"], format!("https://wirebot/errors/{code}"), "{body}");
+        assert_eq!(
+            body["type"],
+            format!("https://wirebot/errors/{code}"),
+            "{body}"
+        );
         assert_eq!(body["code"], code, "{body}");
         assert_eq!(body["status"], status, "{body}");
-        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
-        assert!(!self.text.contains("C2FVsBQIhrscChlQIMV") && !self.text.contains("whsec_"), "secret echoed: {}", self.text);
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert!(
+            !self.text.contains("C2FVsBQIhrscChlQIMV") && !self.text.contains("whsec_"),
+            "secret echoed: {}",
+            self.text
+        );
         body["detail"].as_str().unwrap().to_owned()
     }
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Standard Webhooks v1 written out here, independently of the code under test.
 fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(body);
@@ -79,13 +99,22 @@ fn sign(secret: &str, id: &str, ts: i64, body: &[u8]) -> String {
 
 fn secrets_toml(secrets: &[&str]) -> String {
     let list: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[[sites]]\nurl = \"{SITE}\"\nsecrets = [{}]\n", list.join(", "))
+    format!(
+        "[[sites]]\nurl = \"{SITE}\"\nsecrets = [{}]\n",
+        list.join(", ")
+    )
 }
 
 fn write_private(path: &Path, text: &str, mode: u32) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(path)
+        .unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file.sync_all().unwrap();
 }
@@ -119,8 +148,35 @@ impl Receiver {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Receiver { addr, db, state, store, reconcile, shutdown, server, http, _dir: dir }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Receiver {
+            addr,
+            db,
+            state,
+            store,
+            reconcile,
+            shutdown,
+            server,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Stops serving (connections refused from now on); the store and channel stay.
+    fn stop(&mut self) {
+        self.server.abort();
+    }
+
+    /// Serves again on the same address, with the same store, secrets and channel.
+    async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let app = webhook::router(self.state.clone());
+        self.server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
     }
 
     fn url(&self) -> String {
@@ -129,17 +185,30 @@ impl Receiver {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
         let response = request.send().await.unwrap();
-        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
         let content_type = header("content-type").unwrap_or_default();
         let retry_after = header("retry-after");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        Answer { status, content_type, retry_after, text }
+        Answer {
+            status,
+            content_type,
+            retry_after,
+            text,
+        }
     }
 
     /// POSTs `body` signed with `secrets` (all listed in webhook-signature) at timestamp `ts`.
     async fn post_signed_at(&self, secrets: &[&str], id: &str, ts: i64, body: &str) -> Answer {
-        let signature: Vec<String> = secrets.iter().map(|s| sign(s, id, ts, body.as_bytes())).collect();
+        let signature: Vec<String> = secrets
+            .iter()
+            .map(|s| sign(s, id, ts, body.as_bytes()))
+            .collect();
         self.send(
             self.http
                 .post(self.url())
@@ -171,11 +240,16 @@ impl Receiver {
         let mut out = String::new();
         for table in tables {
             out.push_str(&format!("== {table}\n"));
-            let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")).unwrap();
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+                .unwrap();
             let columns = stmt.column_count();
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((0..columns).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+                    Ok((0..columns)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
                 })
                 .unwrap();
             for row in rows {
@@ -187,12 +261,17 @@ impl Receiver {
     }
 
     fn count(&self, sql: &str) -> i64 {
-        rusqlite::Connection::open(&self.db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+        rusqlite::Connection::open(&self.db)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
     }
 
     /// Receives the next reconcile request (the receiver sends it before answering).
     fn next_request(&mut self) -> ReconcileRequest {
-        self.reconcile.try_recv().expect("a reconcile request was sent before the answer")
+        self.reconcile
+            .try_recv()
+            .expect("a reconcile request was sent before the answer")
     }
 }
 
@@ -203,10 +282,17 @@ impl Drop for Receiver {
 }
 
 /// Sends `send` and asserts it changed no webhook table.
-async fn unchanged<F: std::future::Future<Output = Answer>>(receiver: &Receiver, send: F) -> Answer {
+async fn unchanged<F: std::future::Future<Output = Answer>>(
+    receiver: &Receiver,
+    send: F,
+) -> Answer {
     let before = receiver.dump();
     let answer = send.await;
-    assert_eq!(receiver.dump(), before, "a rejected delivery changed the store: {answer:?}");
+    assert_eq!(
+        receiver.dump(),
+        before,
+        "a rejected delivery changed the store: {answer:?}"
+    );
     answer
 }
 
@@ -214,20 +300,33 @@ async fn unchanged<F: std::future::Future<Output = Answer>>(receiver: &Receiver,
 fn contract_test_vector_signs_as_documented() {
     let body = br#"{"email":"test@example.com","username":"test_user"}"#;
     let expected = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
-    assert_eq!(sign(SECRET, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body), expected);
+    assert_eq!(
+        sign(SECRET, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
+        expected
+    );
     let secret = webhook::Secret::parse(SECRET).unwrap();
-    assert_eq!(webhook::signature::sign(&secret, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body), expected);
+    assert_eq!(
+        webhook::signature::sign(&secret, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body),
+        expected
+    );
 }
 
 #[test]
 fn signatures_agree_with_the_pypi_standardwebhooks_oracle() {
     let Some(python) = tests::wordpress::python_oracle() else {
-        eprintln!("SKIP signatures_agree_with_the_pypi_standardwebhooks_oracle: PyPI standardwebhooks 1.1.0 unavailable");
+        eprintln!(
+            "SKIP signatures_agree_with_the_pypi_standardwebhooks_oracle: PyPI standardwebhooks 1.1.0 unavailable"
+        );
         return;
     };
     let ts = now();
     let body = member_event("member.created", 42, 1, "active", "shared");
-    let ours = webhook::signature::sign(&webhook::Secret::parse(NEW_SECRET).unwrap(), "evt_oracle", ts, body.as_bytes());
+    let ours = webhook::signature::sign(
+        &webhook::Secret::parse(NEW_SECRET).unwrap(),
+        "evt_oracle",
+        ts,
+        body.as_bytes(),
+    );
     // The oracle verifies our signature, then signs the same message for us to verify.
     let script = r#"
 import sys, json
@@ -239,14 +338,36 @@ from datetime import datetime, timezone
 print(wh.sign(msg_id, datetime.fromtimestamp(int(ts), tz=timezone.utc), body))
 "#;
     let output = std::process::Command::new(&python)
-        .args(["-c", script, NEW_SECRET, "evt_oracle", &ts.to_string(), &ours, &body])
+        .args([
+            "-c",
+            script,
+            NEW_SECRET,
+            "evt_oracle",
+            &ts.to_string(),
+            &ours,
+            &body,
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "oracle rejected our signature: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "oracle rejected our signature: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let theirs = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert_eq!(theirs, ours);
-    let sites = vec![webhook::SiteSecrets { url: SITE.into(), secrets: vec![webhook::Secret::parse(NEW_SECRET).unwrap()] }];
-    webhook::signature::verify(&sites, "evt_oracle", &ts.to_string(), &theirs, body.as_bytes()).unwrap();
+    let sites = vec![webhook::SiteSecrets {
+        url: SITE.into(),
+        secrets: vec![webhook::Secret::parse(NEW_SECRET).unwrap()],
+    }];
+    webhook::signature::verify(
+        &sites,
+        "evt_oracle",
+        &ts.to_string(),
+        &theirs,
+        body.as_bytes(),
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -264,7 +385,13 @@ async fn accepted_then_replayed_then_reused_then_stale() {
     let request = receiver.next_request();
     assert_eq!(request.user_id.as_str(), "wp42");
     assert_eq!(body["operation_id"], request.operation_id.to_string());
-    assert_eq!(request.desired, webhook::DesiredState { status: webhook::Status::Active, tier: webhook::Tier::Shared });
+    assert_eq!(
+        request.desired,
+        webhook::DesiredState {
+            status: webhook::Status::Active,
+            tier: webhook::Tier::Shared
+        }
+    );
 
     // A retry: same id and body, fresh timestamp → the stored answer, nothing new enqueued.
     let retry = unchanged(&receiver, receiver.post(&event_id(1), &created)).await;
@@ -273,7 +400,9 @@ async fn accepted_then_replayed_then_reused_then_stale() {
 
     // The same id with another body.
     let other = member_event("member.created", 42, 2, "active", "dedicated");
-    let detail = unchanged(&receiver, receiver.post(&event_id(1), &other)).await.problem(409, "idempotency_key_reused");
+    let detail = unchanged(&receiver, receiver.post(&event_id(1), &other))
+        .await
+        .problem(409, "idempotency_key_reused");
     assert!(detail.contains(&event_id(1)), "{detail}");
 
     // Out of order: seq 3 arrives, then seq 2.
@@ -285,14 +414,35 @@ async fn accepted_then_replayed_then_reused_then_stale() {
     assert_eq!(stale.status, 200, "{}", stale.text);
     assert_eq!(stale.json()["status"], "stale_ignored");
     assert!(receiver.reconcile.try_recv().is_err());
-    let (desired, seq) = receiver.store.desired(&"wp42".parse().unwrap()).unwrap().unwrap();
+    let (desired, seq) = receiver
+        .store
+        .desired(&"wp42".parse().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!((desired.tier, seq), (webhook::Tier::Dedicated, 3));
 
     // The first operation was superseded by the second; once the reconciler finishes, an unchanged state is "applied".
-    assert_eq!(receiver.count("SELECT COUNT(*) FROM webhook_operations WHERE state = 'superseded'"), 1);
-    assert!(receiver.store.start_operation(op3.operation_id, now()).unwrap());
-    assert!(!receiver.store.start_operation(request.operation_id, now()).unwrap(), "superseded ops are skipped");
-    receiver.store.finish_operation(op3.operation_id, Ok(()), now()).unwrap();
+    assert_eq!(
+        receiver.count("SELECT COUNT(*) FROM webhook_operations WHERE state = 'superseded'"),
+        1
+    );
+    assert!(
+        receiver
+            .store
+            .start_operation(op3.operation_id, now())
+            .unwrap()
+    );
+    assert!(
+        !receiver
+            .store
+            .start_operation(request.operation_id, now())
+            .unwrap(),
+        "superseded ops are skipped"
+    );
+    receiver
+        .store
+        .finish_operation(op3.operation_id, Ok(()), now())
+        .unwrap();
     let updated = member_event("member.updated", 42, 4, "active", "dedicated");
     let applied = receiver.post(&event_id(4), &updated).await;
     assert_eq!(applied.status, 200, "{}", applied.text);
@@ -303,7 +453,16 @@ async fn accepted_then_replayed_then_reused_then_stale() {
 #[tokio::test]
 async fn hostile_requests_get_their_status_code_and_change_nothing() {
     let receiver = Receiver::start(&[SECRET]).await;
-    assert_eq!(receiver.post(&event_id(1), &member_event("member.created", 7, 1, "active", "shared")).await.status, 202);
+    assert_eq!(
+        receiver
+            .post(
+                &event_id(1),
+                &member_event("member.created", 7, 1, "active", "shared")
+            )
+            .await
+            .status,
+        202
+    );
     let body = member_event("member.created", 8, 1, "active", "shared");
     let ts = now();
     let id = event_id(2);
@@ -321,13 +480,21 @@ async fn hostile_requests_get_their_status_code_and_change_nothing() {
     let answer = unchanged(&receiver, receiver.send(receiver.http.get(receiver.url()))).await;
     answer.problem(405, "method_not_allowed");
     // 415: no content type, then text/plain
-    unchanged(&receiver, receiver.send(post().body(body.clone()))).await.problem(415, "unsupported_media_type");
-    let plain = post().header("content-type", "text/plain").body(body.clone());
-    unchanged(&receiver, receiver.send(plain)).await.problem(415, "unsupported_media_type");
+    unchanged(&receiver, receiver.send(post().body(body.clone())))
+        .await
+        .problem(415, "unsupported_media_type");
+    let plain = post()
+        .header("content-type", "text/plain")
+        .body(body.clone());
+    unchanged(&receiver, receiver.send(plain))
+        .await
+        .problem(415, "unsupported_media_type");
     // 413, declared by Content-Length
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     let oversize = post().header("content-type", "application/json").body(big);
-    unchanged(&receiver, receiver.send(oversize)).await.problem(413, "payload_too_large");
+    unchanged(&receiver, receiver.send(oversize))
+        .await
+        .problem(413, "payload_too_large");
     // 413, chunked without Content-Length: refused while streaming
     let chunked = unchanged(&receiver, chunked_post(receiver.addr, 70 * 1024)).await;
     chunked.problem(413, "payload_too_large");
@@ -336,42 +503,88 @@ async fn hostile_requests_get_their_status_code_and_change_nothing() {
     let wrong = json(receiver.http.post(receiver.url()))
         .header("webhook-id", &id)
         .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign(NEW_SECRET, &id, ts, body.as_bytes()))
+        .header(
+            "webhook-signature",
+            sign(NEW_SECRET, &id, ts, body.as_bytes()),
+        )
         .body(body.clone());
-    unchanged(&receiver, receiver.send(wrong)).await.problem(401, "invalid_signature");
+    unchanged(&receiver, receiver.send(wrong))
+        .await
+        .problem(401, "invalid_signature");
     let tampered = json(post()).body(body.replace("shared", "dedicated"));
-    unchanged(&receiver, receiver.send(tampered)).await.problem(401, "invalid_signature");
+    unchanged(&receiver, receiver.send(tampered))
+        .await
+        .problem(401, "invalid_signature");
     let empty = json(receiver.http.post(receiver.url()))
         .header("webhook-id", &id)
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", "v1,")
         .body(body.clone());
-    let detail = unchanged(&receiver, receiver.send(empty)).await.problem(401, "invalid_signature");
+    let detail = unchanged(&receiver, receiver.send(empty))
+        .await
+        .problem(401, "invalid_signature");
     assert!(detail.contains("no v1 signature"), "{detail}");
-    let unsigned = json(receiver.http.post(receiver.url())).header("webhook-id", &id).body(body.clone());
-    let detail = unchanged(&receiver, receiver.send(unsigned)).await.problem(401, "invalid_signature");
+    let unsigned = json(receiver.http.post(receiver.url()))
+        .header("webhook-id", &id)
+        .body(body.clone());
+    let detail = unchanged(&receiver, receiver.send(unsigned))
+        .await
+        .problem(401, "invalid_signature");
     assert!(detail.contains("webhook-timestamp"), "{detail}");
     // 401 timestamp_out_of_window, both ways
     for skew in [-301, 301] {
-        let answer = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &id, now() + skew, &body)).await;
+        let answer = unchanged(
+            &receiver,
+            receiver.post_signed_at(&[SECRET], &id, now() + skew, &body),
+        )
+        .await;
         let detail = answer.problem(401, "timestamp_out_of_window");
         assert!(detail.contains("300 s"), "{detail}");
     }
     // 400 malformed_json (signed, so it reaches step 4)
-    unchanged(&receiver, receiver.post(&id, "{\"type\": ")).await.problem(400, "malformed_json");
-    unchanged(&receiver, receiver.post(&id, "not json at all")).await.problem(400, "malformed_json");
+    unchanged(&receiver, receiver.post(&id, "{\"type\": "))
+        .await
+        .problem(400, "malformed_json");
+    unchanged(&receiver, receiver.post(&id, "not json at all"))
+        .await
+        .problem(400, "malformed_json");
     // 422 invalid_payload with pointers
     for (bad, pointer) in [
-        (member_event("member.created", 8, 1, "active", "gold"), "/data/state/tier"),
-        (member_event("member.created", 8, 1, "paused", "shared"), "/data/state/status"),
-        (member_event("member.created", 8, 1, "suspended", "shared"), "/data/state/status"),
-        (member_event("member.exploded", 8, 1, "active", "shared"), "/type"),
-        (member_event("member.created", 8, 1, "active", "shared").replace(SITE, "https://other.example"), "/data/site"),
-        (member_event("member.created", 8, 1, "active", "shared").replace("\"seq\":1", "\"seq\":\"1\""), "/data/seq"),
+        (
+            member_event("member.created", 8, 1, "active", "gold"),
+            "/data/state/tier",
+        ),
+        (
+            member_event("member.created", 8, 1, "paused", "shared"),
+            "/data/state/status",
+        ),
+        (
+            member_event("member.created", 8, 1, "suspended", "shared"),
+            "/data/state/status",
+        ),
+        (
+            member_event("member.exploded", 8, 1, "active", "shared"),
+            "/type",
+        ),
+        (
+            member_event("member.created", 8, 1, "active", "shared")
+                .replace(SITE, "https://other.example"),
+            "/data/site",
+        ),
+        (
+            member_event("member.created", 8, 1, "active", "shared")
+                .replace("\"seq\":1", "\"seq\":\"1\""),
+            "/data/seq",
+        ),
     ] {
-        let detail = unchanged(&receiver, receiver.post(&id, &bad)).await.problem(422, "invalid_payload");
+        let detail = unchanged(&receiver, receiver.post(&id, &bad))
+            .await
+            .problem(422, "invalid_payload");
         assert!(detail.starts_with(pointer), "{pointer}: {detail}");
-        assert!(!detail.contains("gold") && !detail.contains("paused"), "value echoed: {detail}");
+        assert!(
+            !detail.contains("gold") && !detail.contains("paused"),
+            "value echoed: {detail}"
+        );
     }
     // 503 with Retry-After while shutting down
     receiver.shutdown.cancel();
@@ -401,13 +614,26 @@ async fn chunked_post(addr: SocketAddr, size: usize) -> Answer {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let content_type = text
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Answer { status, content_type, retry_after: None, text: body }
+    Answer {
+        status,
+        content_type,
+        retry_after: None,
+        text: body,
+    }
 }
 
 #[tokio::test]
@@ -419,26 +645,61 @@ async fn identity_conflicts_are_refused_and_change_nothing() {
                         "seq": seq, "state": {"status": "active", "tier": "shared"}}})
         .to_string()
     };
-    assert_eq!(receiver.post(&event_id(1), &with_leader(42, 1, "rl_7f3a")).await.status, 202);
-    assert_eq!(receiver.post(&event_id(2), &with_leader(43, 1, "rl_other")).await.status, 202);
+    assert_eq!(
+        receiver
+            .post(&event_id(1), &with_leader(42, 1, "rl_7f3a"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        receiver
+            .post(&event_id(2), &with_leader(43, 1, "rl_other"))
+            .await
+            .status,
+        202
+    );
     // wp 42 rebound to another ring leader; wp 44 claiming wp 42's ring leader
-    let detail = unchanged(&receiver, receiver.post(&event_id(3), &with_leader(42, 2, "rl_other2"))).await.problem(409, "identity_conflict");
-    assert!(detail.contains("wp42") && detail.contains("another ring_leader_id"), "{detail}");
-    let detail = unchanged(&receiver, receiver.post(&event_id(4), &with_leader(44, 1, "rl_7f3a"))).await.problem(409, "identity_conflict");
+    let detail = unchanged(
+        &receiver,
+        receiver.post(&event_id(3), &with_leader(42, 2, "rl_other2")),
+    )
+    .await
+    .problem(409, "identity_conflict");
+    assert!(
+        detail.contains("wp42") && detail.contains("another ring_leader_id"),
+        "{detail}"
+    );
+    let detail = unchanged(
+        &receiver,
+        receiver.post(&event_id(4), &with_leader(44, 1, "rl_7f3a")),
+    )
+    .await
+    .problem(409, "identity_conflict");
     assert!(detail.contains("another wp_user_id"), "{detail}");
 
     // Delete wp 43; once the reconciler has archived it (tombstone), a late created with a higher seq is refused.
     let deleted = member_event("member.deleted", 43, 5, "deleted", "none");
     assert_eq!(receiver.post(&event_id(5), &deleted).await.status, 202);
     let created = member_event("member.created", 43, 6, "active", "shared");
-    unchanged(&receiver, receiver.post(&event_id(6), &created)).await.problem(409, "identity_conflict");
+    unchanged(&receiver, receiver.post(&event_id(6), &created))
+        .await
+        .problem(409, "identity_conflict");
     while receiver.reconcile.try_recv().is_ok() {}
-    receiver.store.write_tombstone(&"wp43".parse().unwrap(), now()).unwrap();
-    let detail = unchanged(&receiver, receiver.post(&event_id(7), &created)).await.problem(409, "identity_conflict");
+    receiver
+        .store
+        .write_tombstone(&"wp43".parse().unwrap(), now())
+        .unwrap();
+    let detail = unchanged(&receiver, receiver.post(&event_id(7), &created))
+        .await
+        .problem(409, "identity_conflict");
     assert!(detail.contains("tombstoned"), "{detail}");
     // A late created with an older seq is merely stale.
     let late = member_event("member.created", 43, 1, "active", "shared");
-    assert_eq!(receiver.post(&event_id(8), &late).await.json()["status"], "stale_ignored");
+    assert_eq!(
+        receiver.post(&event_id(8), &late).await.json()["status"],
+        "stale_ignored"
+    );
 }
 
 #[tokio::test]
@@ -447,14 +708,48 @@ async fn rotation_accepts_dual_signed_then_only_the_new_secret() {
     let body = |seq| member_event("member.updated", 9, seq, "active", "shared");
     // 1. The supervisor adds the new secret: old-only, new-only and dual-signed deliveries all verify.
     receiver.state.set_sites(sites(&[SECRET, NEW_SECRET]));
-    assert_eq!(receiver.post_signed_at(&[SECRET], &event_id(1), now(), &body(1)).await.status, 202);
-    assert_eq!(receiver.post_signed_at(&[SECRET, NEW_SECRET], &event_id(2), now(), &body(2)).await.status, 202);
-    assert_eq!(receiver.post_signed_at(&[NEW_SECRET], &event_id(3), now(), &body(3)).await.status, 202);
+    assert_eq!(
+        receiver
+            .post_signed_at(&[SECRET], &event_id(1), now(), &body(1))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        receiver
+            .post_signed_at(&[SECRET, NEW_SECRET], &event_id(2), now(), &body(2))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        receiver
+            .post_signed_at(&[NEW_SECRET], &event_id(3), now(), &body(3))
+            .await
+            .status,
+        202
+    );
     // 2. The old secret is removed: dual-signed and new-only still verify, old-only does not.
     receiver.state.set_sites(sites(&[NEW_SECRET]));
-    assert_eq!(receiver.post_signed_at(&[SECRET, NEW_SECRET], &event_id(4), now(), &body(4)).await.status, 202);
-    assert_eq!(receiver.post_signed_at(&[NEW_SECRET], &event_id(5), now(), &body(5)).await.status, 202);
-    let old = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &event_id(6), now(), &body(6))).await;
+    assert_eq!(
+        receiver
+            .post_signed_at(&[SECRET, NEW_SECRET], &event_id(4), now(), &body(4))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        receiver
+            .post_signed_at(&[NEW_SECRET], &event_id(5), now(), &body(5))
+            .await
+            .status,
+        202
+    );
+    let old = unchanged(
+        &receiver,
+        receiver.post_signed_at(&[SECRET], &event_id(6), now(), &body(6)),
+    )
+    .await;
     old.problem(401, "invalid_signature");
 }
 
@@ -467,7 +762,11 @@ async fn a_replayed_old_delivery_is_refused_but_its_fresh_retry_is_answered() {
     let receiver = Receiver::start(&[SECRET]).await;
     let body = member_event("member.created", 11, 1, "active", "dedicated");
     // Captured 10 minutes ago with a valid signature: outside the window.
-    let old = unchanged(&receiver, receiver.post_signed_at(&[SECRET], &event_id(1), now() - 600, &body)).await;
+    let old = unchanged(
+        &receiver,
+        receiver.post_signed_at(&[SECRET], &event_id(1), now() - 600, &body),
+    )
+    .await;
     old.problem(401, "timestamp_out_of_window");
     // The sender's retry carries a fresh timestamp and the same id: accepted once, then replayed.
     let fresh = receiver.post(&event_id(1), &body).await;
@@ -480,7 +779,16 @@ async fn a_replayed_old_delivery_is_refused_but_its_fresh_retry_is_answered() {
 async fn members_sync_applies_two_hundred_per_request_and_reports_each() {
     let mut receiver = Receiver::start(&[SECRET]).await;
     // wp 1 is already known at seq 5 → stale in the sync; the rest are new.
-    assert_eq!(receiver.post(&event_id(1), &member_event("member.created", 1, 5, "active", "shared")).await.status, 202);
+    assert_eq!(
+        receiver
+            .post(
+                &event_id(1),
+                &member_event("member.created", 1, 5, "active", "shared")
+            )
+            .await
+            .status,
+        202
+    );
     receiver.next_request();
     let members: Vec<Value> = (1..=200)
         .map(|wp| json!({"user": {"wp_user_id": wp}, "seq": 1, "state": {"status": "active", "tier": if wp % 2 == 0 { "dedicated" } else { "shared" }}}))
@@ -491,7 +799,10 @@ async fn members_sync_applies_two_hundred_per_request_and_reports_each() {
     let results = answer.json()["members"].as_array().unwrap().clone();
     assert_eq!(results.len(), 200);
     assert_eq!(results[0]["status"], "stale_ignored");
-    assert!(results[1..].iter().all(|r| r["status"] == "accepted"), "{results:?}");
+    assert!(
+        results[1..].iter().all(|r| r["status"] == "accepted"),
+        "{results:?}"
+    );
     let mut requests = 0;
     while receiver.reconcile.try_recv().is_ok() {
         requests += 1;
@@ -502,15 +813,25 @@ async fn members_sync_applies_two_hundred_per_request_and_reports_each() {
     let too_many: Vec<Value> =
         (1..=201).map(|wp| json!({"user": {"wp_user_id": wp}, "seq": 9, "state": {"status": "active", "tier": "none"}})).collect();
     let sync = json!({"type": "members.sync", "timestamp": "2026-11-24T10:58:35Z", "data": {"site": SITE, "members": too_many}}).to_string();
-    let detail = unchanged(&receiver, receiver.post(&event_id(3), &sync)).await.problem(422, "invalid_payload");
+    let detail = unchanged(&receiver, receiver.post(&event_id(3), &sync))
+        .await
+        .problem(422, "invalid_payload");
     assert!(detail.starts_with("/data/members"), "{detail}");
 }
 
 #[tokio::test]
 async fn webhook_test_and_ping_answer_without_state_changes() {
     let receiver = Receiver::start(&[SECRET]).await;
-    let ping = receiver.send(receiver.http.get(format!("http://{}/v1/webhooks/wordpress/ping", receiver.addr))).await;
-    assert_eq!((ping.status, ping.json()["status"].clone()), (200, json!("ok")));
+    let ping = receiver
+        .send(receiver.http.get(format!(
+            "http://{}/v1/webhooks/wordpress/ping",
+            receiver.addr
+        )))
+        .await;
+    assert_eq!(
+        (ping.status, ping.json()["status"].clone()),
+        (200, json!("ok"))
+    );
     let test = json!({"type": "webhook.test", "timestamp": "2026-11-24T10:58:35Z", "data": {"site": SITE}}).to_string();
     let answer = receiver.post(&event_id(1), &test).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
@@ -524,8 +845,147 @@ fn a_secrets_file_readable_by_others_is_refused() {
     let path = dir.path().join("secrets.toml");
     write_private(&path, &secrets_toml(&[SECRET]), 0o644);
     let err = webhook::load_secrets(&path).unwrap_err().to_string();
-    assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("mode 644") && err.contains("chmod 600"),
+        "{err}"
+    );
     assert!(!err.contains("C2FV"), "{err}");
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert_eq!(webhook::load_secrets(&path).unwrap()[0].secrets.len(), 1);
+}
+
+/// A JSON field as text, whether the database driver returned it as a number or a string.
+fn text(row: &Value, key: &str) -> String {
+    match &row[key] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wordpress_users_reach_the_receiver_and_converge_after_an_outage() {
+    if let Err(reason) = tests::wordpress::prepared() {
+        eprintln!("SKIP wordpress_users_reach_the_receiver_and_converge_after_an_outage: {reason}");
+        return;
+    }
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    let wp = tests::wordpress::WordPress::install(&receiver.url(), NEW_SECRET).unwrap();
+    // The supervisor's secrets file names the site by the URL the plugin sends in data.site.
+    let site = format!(
+        "[[sites]]\nurl = \"{}\"\nsecrets = [\"{NEW_SECRET}\"]\n",
+        wp.url
+    );
+    receiver
+        .state
+        .set_sites(webhook::secrets::parse_secrets(&site, Path::new("test.toml")).unwrap());
+
+    // 1. A new WordPress user → outbox → wp-cron → signed member.created → 202 → a reconcile request.
+    let ann: u64 = wp
+        .php("echo wp_create_user('ann', 'ann-password', 'ann@example.com');")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rows = wp.outbox().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (text(&rows[0], "type"), text(&rows[0], "status")),
+        ("member.created".into(), "pending".into())
+    );
+    assert_eq!(wp.run_cron().unwrap(), 200);
+    let rows = wp.outbox().unwrap();
+    assert_eq!(
+        (text(&rows[0], "status"), text(&rows[0], "last_code")),
+        ("delivered".into(), "202".into()),
+        "{rows:?}"
+    );
+    let ann_id = text(&rows[0], "event_id");
+    assert!(ann_id.starts_with("evt_") && ann_id.len() == 30, "{ann_id}");
+    let request = receiver.next_request();
+    assert_eq!(request.user_id.as_str(), format!("wp{ann}"));
+    assert_eq!(
+        request.desired,
+        webhook::DesiredState {
+            status: webhook::Status::Active,
+            tier: webhook::Tier::Shared
+        }
+    );
+
+    // 2. The receiver is down: the attempt fails and is kept for a retry.
+    receiver.stop();
+    let bob: u64 = wp
+        .php("echo wp_create_user('bob', 'bob-password', 'bob@example.com');")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(wp.run_cron().unwrap(), 200);
+    let rows = wp.outbox().unwrap();
+    let bob_row = rows
+        .iter()
+        .find(|r| text(r, "wp_user_id") == bob.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            text(&bob_row, "status"),
+            text(&bob_row, "attempts"),
+            text(&bob_row, "last_code")
+        ),
+        ("pending".into(), "1".into(), "0".into()),
+        "{bob_row}"
+    );
+    assert!(!text(&bob_row, "last_error").is_empty(), "{bob_row}");
+    let bob_id = text(&bob_row, "event_id");
+    assert_eq!(
+        receiver.count(&format!(
+            "SELECT COUNT(*) FROM webhook_dedup WHERE webhook_id = '{bob_id}'"
+        )),
+        0
+    );
+
+    // 3. Back up: the retry carries the same webhook-id (a fresh timestamp and signature) and converges.
+    receiver.restart().await;
+    assert_eq!(wp.run_cron().unwrap(), 200);
+    let rows = wp.outbox().unwrap();
+    let bob_row = rows.iter().find(|r| text(r, "event_id") == bob_id).unwrap();
+    assert_eq!(
+        (
+            text(bob_row, "status"),
+            text(bob_row, "attempts"),
+            text(bob_row, "last_code")
+        ),
+        ("delivered".into(), "2".into(), "202".into()),
+        "{bob_row}"
+    );
+    assert_eq!(
+        receiver.count(&format!(
+            "SELECT COUNT(*) FROM webhook_dedup WHERE webhook_id = '{bob_id}' AND status = 202"
+        )),
+        1
+    );
+    assert_eq!(receiver.next_request().user_id.as_str(), format!("wp{bob}"));
+
+    // 4. Deleting ann sends member.deleted with a higher seq; the desired state becomes deleted.
+    wp.php(&format!(
+        "require_once ABSPATH . 'wp-admin/includes/user.php'; var_export(wp_delete_user({ann}));"
+    ))
+    .unwrap();
+    assert_eq!(wp.run_cron().unwrap(), 200);
+    let rows = wp.outbox().unwrap();
+    let deleted = rows
+        .iter()
+        .find(|r| text(r, "type") == "member.deleted")
+        .unwrap();
+    assert_eq!(
+        (text(deleted, "status"), text(deleted, "seq")),
+        ("delivered".into(), "2".into()),
+        "{deleted}"
+    );
+    let (desired, seq) = receiver
+        .store
+        .desired(&format!("wp{ann}").parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!((desired.status, seq), (webhook::Status::Deleted, 2));
 }

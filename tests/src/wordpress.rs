@@ -14,7 +14,10 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root (`tests/..`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The download and venv cache shared by runs (`<root>/.cache`, git-ignored).
@@ -41,7 +44,12 @@ pub fn python_oracle() -> Option<PathBuf> {
                 return Some(python);
             }
             let _ = std::fs::create_dir_all(cache_dir());
-            let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
+            let made = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success());
             let installed = made
                 && Command::new(venv.join("bin/pip"))
                     .args(["install", "-q", "standardwebhooks==1.1.0"])
@@ -55,7 +63,10 @@ pub fn python_oracle() -> Option<PathBuf> {
 /// The prepared WordPress tree (`setup.sh` output), or why it is unavailable. Runs setup once per process.
 pub fn prepared() -> Result<&'static Prepared, String> {
     static PREPARED: OnceLock<Result<Prepared, String>> = OnceLock::new();
-    PREPARED.get_or_init(|| prepare().map_err(|e| format!("{e:#}"))).as_ref().map_err(Clone::clone)
+    PREPARED
+        .get_or_init(|| prepare().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Paths produced by `tests/wordpress/setup.sh`.
@@ -68,9 +79,6 @@ pub struct Prepared {
 }
 
 fn prepare() -> Result<Prepared> {
-    if Command::new("php").arg("-v").stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
-        // PHP is present; setup.sh still checks the extensions.
-    }
     let script = workspace_root().join("tests/wordpress/setup.sh");
     let output = Command::new("bash")
         .arg(&script)
@@ -81,7 +89,10 @@ fn prepare() -> Result<Prepared> {
         bail!(
             "{} failed: {}",
             script.display(),
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("no output")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no output")
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -91,7 +102,10 @@ fn prepare() -> Result<Prepared> {
             .find_map(|l| l.strip_prefix(key).map(|v| PathBuf::from(v.trim())))
             .with_context(|| format!("setup.sh printed no {key}"))
     };
-    Ok(Prepared { wordpress: field("WORDPRESS=")?, sqlite_plugin: field("SQLITE_PLUGIN=")? })
+    Ok(Prepared {
+        wordpress: field("WORDPRESS=")?,
+        sqlite_plugin: field("SQLITE_PLUGIN=")?,
+    })
 }
 
 /// One installed WordPress site in a temp dir, served by `php -S` on a loopback port; killed and reaped on drop.
@@ -128,7 +142,12 @@ impl WordPress {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting php -S")?;
-        let mut site = WordPress { root, url, server, _dir: dir };
+        let mut site = WordPress {
+            root,
+            url,
+            server,
+            _dir: dir,
+        };
         site.wait_listening(port)?;
         site.php(&format!(
             "wirebot_test_configure({}, {});",
@@ -157,17 +176,52 @@ impl WordPress {
         bail!("php -S on port {port} did not report it was listening")
     }
 
+    /// Runs due cron events the way production does (DISABLE_WP_CRON + a request to wp-cron.php); returns the HTTP status.
+    pub fn run_cron(&self) -> Result<u16> {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        write!(stream, "GET /wp-cron.php HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("wp-cron.php answered no HTTP status")
+    }
+
+    /// The plugin's outbox rows (without bodies), oldest first.
+    pub fn outbox(&self) -> Result<Vec<serde_json::Value>> {
+        self.php("wirebot_test_outbox();")?
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).context("outbox row"))
+            .collect()
+    }
+
     /// Runs a PHP snippet with WordPress loaded (wp-load.php) and the test helpers; returns its stdout.
     pub fn php(&self, code: &str) -> Result<String> {
         let script = format!(
             "<?php\nerror_reporting(E_ALL & ~E_DEPRECATED);\n$_SERVER['HTTP_HOST'] = '{host}';\nrequire '{root}/wp-load.php';\nrequire_once '{helpers}';\n{code}\n",
             host = self.url.trim_start_matches("http://"),
             root = self.root.display(),
-            helpers = workspace_root().join("tests/wordpress/helpers.php").display(),
+            helpers = workspace_root()
+                .join("tests/wordpress/helpers.php")
+                .display(),
         );
-        let output = Command::new("php").args(["-d", "display_errors=stderr"]).arg("-r").arg(script.trim_start_matches("<?php\n")).output()?;
+        let output = Command::new("php")
+            .args(["-d", "display_errors=stderr"])
+            .arg("-r")
+            .arg(script.trim_start_matches("<?php\n"))
+            .output()?;
         if !output.status.success() {
-            bail!("php failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "php failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }

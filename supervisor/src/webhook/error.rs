@@ -15,7 +15,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("webhook secrets file {path} has mode {mode:o}; it must not be accessible by group or others (chmod 600)")]
+    #[error(
+        "webhook secrets file {path} has mode {mode:o}; it must not be accessible by group or others (chmod 600)"
+    )]
     SecretsPermissions { path: PathBuf, mode: u32 },
     #[error("parsing webhook secrets file {path}")]
     SecretsParse {
@@ -41,7 +43,9 @@ pub enum Error {
     },
     #[error("invalid signature: {reason}")]
     InvalidSignature { reason: &'static str },
-    #[error("webhook-timestamp is {skew_secs} s away from now (tolerance {tolerance_secs} s); check the sender's clock")]
+    #[error(
+        "webhook-timestamp is {skew_secs} s away from now (tolerance {tolerance_secs} s); check the sender's clock"
+    )]
     TimestampOutOfWindow { skew_secs: i64, tolerance_secs: i64 },
     #[error("body is not valid JSON: {source}")]
     MalformedJson {
@@ -53,7 +57,10 @@ pub enum Error {
     #[error("webhook-id {webhook_id} was already used with a different body")]
     IdempotencyKeyReused { webhook_id: String },
     #[error("identity conflict for user {user_id}: {reason}")]
-    IdentityConflict { user_id: String, reason: &'static str },
+    IdentityConflict {
+        user_id: String,
+        reason: &'static str,
+    },
 
     #[error("too many webhook deliveries in flight")]
     Overloaded,
@@ -89,7 +96,9 @@ impl Error {
     /// Wraps a SQLite error from `op`, classifying lock contention as a temporary `StoreBusy` (503).
     pub(crate) fn store(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| match source.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => Error::StoreBusy { source },
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Error::StoreBusy { source }
+            }
             _ => Error::Store { op, source },
         }
     }
@@ -98,17 +107,31 @@ impl Error {
     pub fn classify(&self) -> (StatusCode, &'static str, Option<u32>) {
         match self {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
-            Error::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
-            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            Error::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
+            Error::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
+            }
             Error::BodyRead { .. } => (StatusCode::BAD_REQUEST, "body_read_failed", None),
             Error::InvalidSignature { .. } => (StatusCode::UNAUTHORIZED, "invalid_signature", None),
-            Error::TimestampOutOfWindow { .. } => (StatusCode::UNAUTHORIZED, "timestamp_out_of_window", None),
+            Error::TimestampOutOfWindow { .. } => {
+                (StatusCode::UNAUTHORIZED, "timestamp_out_of_window", None)
+            }
             Error::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json", None),
-            Error::InvalidPayload { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", None),
-            Error::IdempotencyKeyReused { .. } => (StatusCode::CONFLICT, "idempotency_key_reused", None),
+            Error::InvalidPayload { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", None)
+            }
+            Error::IdempotencyKeyReused { .. } => {
+                (StatusCode::CONFLICT, "idempotency_key_reused", None)
+            }
             Error::IdentityConflict { .. } => (StatusCode::CONFLICT, "identity_conflict", None),
             Error::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded", Some(1)),
-            Error::StoreBusy { .. } | Error::StoreTimeout => (StatusCode::SERVICE_UNAVAILABLE, "store_busy", Some(1)),
+            Error::StoreBusy { .. } | Error::StoreTimeout => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_busy", Some(1))
+            }
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", Some(5)),
             Error::SecretsRead { .. }
             | Error::SecretsPermissions { .. }
@@ -162,7 +185,10 @@ impl IntoResponse for Error {
         });
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

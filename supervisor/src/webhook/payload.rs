@@ -141,13 +141,21 @@ pub struct Event {
 /// The part of the body that depends on the type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
-    Member { member: MemberState, previous: Option<DesiredState> },
-    Sync { members: Vec<MemberState> },
+    Member {
+        member: MemberState,
+        previous: Option<DesiredState>,
+    },
+    Sync {
+        members: Vec<MemberState>,
+    },
     Test,
 }
 
 fn invalid(pointer: impl Into<String>, reason: impl Into<String>) -> Error {
-    Error::InvalidPayload { pointer: pointer.into(), reason: reason.into() }
+    Error::InvalidPayload {
+        pointer: pointer.into(),
+        reason: reason.into(),
+    }
 }
 
 fn object<'a>(value: Option<&'a Value>, pointer: &str) -> Result<&'a Map<String, Value>, Error> {
@@ -158,19 +166,34 @@ fn object<'a>(value: Option<&'a Value>, pointer: &str) -> Result<&'a Map<String,
     }
 }
 
-fn string<'a>(map: &'a Map<String, Value>, key: &str, at: &str, max: usize) -> Result<Option<&'a str>, Error> {
+fn string<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    at: &str,
+    max: usize,
+) -> Result<Option<&'a str>, Error> {
     let pointer = format!("{at}/{key}");
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Err(invalid(pointer, "must not be empty")),
-        Some(Value::String(s)) if s.chars().count() > max => Err(invalid(pointer, format!("must be at most {max} characters"))),
-        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(invalid(pointer, "must not contain control characters")),
+        Some(Value::String(s)) if s.chars().count() > max => Err(invalid(
+            pointer,
+            format!("must be at most {max} characters"),
+        )),
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            Err(invalid(pointer, "must not contain control characters"))
+        }
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(invalid(pointer, "must be a string")),
     }
 }
 
-fn required_string<'a>(map: &'a Map<String, Value>, key: &str, at: &str, max: usize) -> Result<&'a str, Error> {
+fn required_string<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    at: &str,
+    max: usize,
+) -> Result<&'a str, Error> {
     string(map, key, at, max)?.ok_or_else(|| invalid(format!("{at}/{key}"), "is required"))
 }
 
@@ -189,11 +212,19 @@ fn positive_integer(map: &Map<String, Value>, key: &str, at: &str) -> Result<u64
 fn desired_state(value: Option<&Value>, at: &str) -> Result<DesiredState, Error> {
     let map = object(value, at)?;
     let status = required_string(map, "status", at, 32)?;
-    let status = Status::parse(status)
-        .ok_or_else(|| invalid(format!("{at}/status"), "must be one of active, suspended, deleted"))?;
+    let status = Status::parse(status).ok_or_else(|| {
+        invalid(
+            format!("{at}/status"),
+            "must be one of active, suspended, deleted",
+        )
+    })?;
     let tier = required_string(map, "tier", at, 32)?;
-    let tier =
-        Tier::parse(tier).ok_or_else(|| invalid(format!("{at}/tier"), "must be one of shared, dedicated, none"))?;
+    let tier = Tier::parse(tier).ok_or_else(|| {
+        invalid(
+            format!("{at}/tier"),
+            "must be one of shared, dedicated, none",
+        )
+    })?;
     Ok(DesiredState { status, tier })
 }
 
@@ -206,7 +237,12 @@ fn wp_user(value: Option<&Value>, at: &str) -> Result<WpUser, Error> {
         return Err(invalid(format!("{at}/email"), "must be an email address"));
     }
     let display_name = string(map, "display_name", at, 250)?.map(str::to_owned);
-    Ok(WpUser { wp_user_id, ring_leader_id, email: email.map(str::to_owned), display_name })
+    Ok(WpUser {
+        wp_user_id,
+        ring_leader_id,
+        email: email.map(str::to_owned),
+        display_name,
+    })
 }
 
 fn member_state(map: &Map<String, Value>, at: &str) -> Result<MemberState, Error> {
@@ -218,7 +254,8 @@ fn member_state(map: &Map<String, Value>, at: &str) -> Result<MemberState, Error
 
 /// Parses and validates a raw body: 400 `malformed_json` if it is not JSON, 422 `invalid_payload` with a pointer otherwise.
 pub fn parse(raw: &[u8]) -> Result<Event, Error> {
-    let root: Value = serde_json::from_slice(raw).map_err(|source| Error::MalformedJson { source })?;
+    let root: Value =
+        serde_json::from_slice(raw).map_err(|source| Error::MalformedJson { source })?;
     let root = object(Some(&root), "")?;
     let type_text = required_string(root, "type", "", 64)?;
     let kind = EventType::parse(type_text).ok_or_else(|| {
@@ -243,14 +280,23 @@ pub fn parse(raw: &[u8]) -> Result<Event, Error> {
                 None => return Err(invalid("/data/members", "is required")),
             };
             if members.len() > MAX_SYNC_MEMBERS {
-                return Err(invalid("/data/members", format!("must hold at most {MAX_SYNC_MEMBERS} members")));
+                return Err(invalid(
+                    "/data/members",
+                    format!("must hold at most {MAX_SYNC_MEMBERS} members"),
+                ));
             }
             let mut parsed: Vec<MemberState> = Vec::with_capacity(members.len());
             for (i, item) in members.iter().enumerate() {
                 let at = format!("/data/members/{i}");
                 let member = member_state(object(Some(item), &at)?, &at)?;
-                if parsed.iter().any(|m| m.user.wp_user_id == member.user.wp_user_id) {
-                    return Err(invalid(format!("{at}/user/wp_user_id"), "repeats an earlier member of this sync"));
+                if parsed
+                    .iter()
+                    .any(|m| m.user.wp_user_id == member.user.wp_user_id)
+                {
+                    return Err(invalid(
+                        format!("{at}/user/wp_user_id"),
+                        "repeats an earlier member of this sync",
+                    ));
                 }
                 parsed.push(member);
             }
@@ -261,7 +307,10 @@ pub fn parse(raw: &[u8]) -> Result<Event, Error> {
             if let Some(status) = kind.implied_status()
                 && member.state.status != status
             {
-                return Err(invalid("/data/state/status", format!("must be {} for {type_text}", status.as_str())));
+                return Err(invalid(
+                    "/data/state/status",
+                    format!("must be {} for {type_text}", status.as_str()),
+                ));
             }
             let previous = match data.get("previous") {
                 None | Some(Value::Null) => None,
@@ -272,13 +321,21 @@ pub fn parse(raw: &[u8]) -> Result<Event, Error> {
                 if let Some(reason) = string(cause, "reason", "/data/cause", 64)?
                     && !["payment_failed", "expired", "admin", "moderation"].contains(&reason)
                 {
-                    return Err(invalid("/data/cause/reason", "must be one of payment_failed, expired, admin, moderation"));
+                    return Err(invalid(
+                        "/data/cause/reason",
+                        "must be one of payment_failed, expired, admin, moderation",
+                    ));
                 }
             }
             EventBody::Member { member, previous }
         }
     };
-    Ok(Event { kind, timestamp: timestamp.to_owned(), site, body })
+    Ok(Event {
+        kind,
+        timestamp: timestamp.to_owned(),
+        site,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -303,35 +360,87 @@ mod tests {
         let event = parse(CONTRACT_EXAMPLE.as_bytes()).unwrap();
         assert_eq!(event.kind, EventType::MemberTierChanged);
         assert_eq!(event.site, "https://network.example");
-        let EventBody::Member { member, previous } = event.body else { panic!() };
+        let EventBody::Member { member, previous } = event.body else {
+            panic!()
+        };
         assert_eq!(member.user.wp_user_id, 42);
         assert_eq!(member.user.ring_leader_id.as_deref(), Some("rl_7f3a"));
         assert_eq!(member.seq, 7);
-        assert_eq!(member.state, DesiredState { status: Status::Active, tier: Tier::Dedicated });
-        assert_eq!(previous, Some(DesiredState { status: Status::Active, tier: Tier::Shared }));
+        assert_eq!(
+            member.state,
+            DesiredState {
+                status: Status::Active,
+                tier: Tier::Dedicated
+            }
+        );
+        assert_eq!(
+            previous,
+            Some(DesiredState {
+                status: Status::Active,
+                tier: Tier::Shared
+            })
+        );
     }
 
     #[test]
     fn every_bad_field_is_named_by_its_pointer() {
         let with = |from: &str, to: &str| CONTRACT_EXAMPLE.replacen(from, to, 1);
-        assert_eq!(pointer_of(&with(r#""tier":"dedicated""#, r#""tier":"gold""#)), "/data/state/tier");
-        assert_eq!(pointer_of(&with(r#""status":"active","tier":"dedicated""#, r#""status":"gone","tier":"dedicated""#)), "/data/state/status");
-        assert_eq!(pointer_of(&with(r#""wp_user_id":42"#, r#""wp_user_id":"42""#)), "/data/user/wp_user_id");
-        assert_eq!(pointer_of(&with(r#""wp_user_id":42"#, r#""wp_user_id":0"#)), "/data/user/wp_user_id");
+        assert_eq!(
+            pointer_of(&with(r#""tier":"dedicated""#, r#""tier":"gold""#)),
+            "/data/state/tier"
+        );
+        assert_eq!(
+            pointer_of(&with(
+                r#""status":"active","tier":"dedicated""#,
+                r#""status":"gone","tier":"dedicated""#
+            )),
+            "/data/state/status"
+        );
+        assert_eq!(
+            pointer_of(&with(r#""wp_user_id":42"#, r#""wp_user_id":"42""#)),
+            "/data/user/wp_user_id"
+        );
+        assert_eq!(
+            pointer_of(&with(r#""wp_user_id":42"#, r#""wp_user_id":0"#)),
+            "/data/user/wp_user_id"
+        );
         assert_eq!(pointer_of(&with(r#""seq":7"#, r#""seq":-1"#)), "/data/seq");
-        assert_eq!(pointer_of(&with("member.tier_changed", "member.exploded")), "/type");
-        assert_eq!(pointer_of(&with("2026-11-24T10:58:35Z", "yesterday")), "/timestamp");
-        assert_eq!(pointer_of(&with(r#""email":"ann@example.com""#, r#""email":"ann""#)), "/data/user/email");
-        assert_eq!(pointer_of(&with(r#""previous":{"status":"active","tier":"shared"}"#, r#""previous":{"status":"active"}"#)), "/data/previous/tier");
-        assert_eq!(pointer_of(&with("member.tier_changed", "member.deleted")), "/data/state/status");
-        assert_eq!(pointer_of(r#"{"type":"webhook.test","timestamp":"2026-11-24T10:58:35Z","data":{}}"#), "/data/site");
+        assert_eq!(
+            pointer_of(&with("member.tier_changed", "member.exploded")),
+            "/type"
+        );
+        assert_eq!(
+            pointer_of(&with("2026-11-24T10:58:35Z", "yesterday")),
+            "/timestamp"
+        );
+        assert_eq!(
+            pointer_of(&with(r#""email":"ann@example.com""#, r#""email":"ann""#)),
+            "/data/user/email"
+        );
+        assert_eq!(
+            pointer_of(&with(
+                r#""previous":{"status":"active","tier":"shared"}"#,
+                r#""previous":{"status":"active"}"#
+            )),
+            "/data/previous/tier"
+        );
+        assert_eq!(
+            pointer_of(&with("member.tier_changed", "member.deleted")),
+            "/data/state/status"
+        );
+        assert_eq!(
+            pointer_of(r#"{"type":"webhook.test","timestamp":"2026-11-24T10:58:35Z","data":{}}"#),
+            "/data/site"
+        );
         assert_eq!(pointer_of("[1,2]"), "");
     }
 
     #[test]
     fn members_sync_is_bounded_and_pointed() {
         let member = |id: u64, tier: &str| {
-            format!(r#"{{"user":{{"wp_user_id":{id}}},"seq":1,"state":{{"status":"active","tier":"{tier}"}}}}"#)
+            format!(
+                r#"{{"user":{{"wp_user_id":{id}}},"seq":1,"state":{{"status":"active","tier":"{tier}"}}}}"#
+            )
         };
         let sync = |members: Vec<String>| {
             format!(
@@ -341,20 +450,36 @@ mod tests {
         };
         let ok = parse(sync((1..=200).map(|i| member(i, "shared")).collect()).as_bytes()).unwrap();
         assert!(matches!(ok.body, EventBody::Sync { ref members } if members.len() == 200));
-        assert_eq!(pointer_of(&sync((1..=201).map(|i| member(i, "shared")).collect())), "/data/members");
-        assert_eq!(pointer_of(&sync(vec![member(1, "shared"), member(2, "gold")])), "/data/members/1/state/tier");
-        assert_eq!(pointer_of(&sync(vec![member(1, "shared"), member(1, "none")])), "/data/members/1/user/wp_user_id");
+        assert_eq!(
+            pointer_of(&sync((1..=201).map(|i| member(i, "shared")).collect())),
+            "/data/members"
+        );
+        assert_eq!(
+            pointer_of(&sync(vec![member(1, "shared"), member(2, "gold")])),
+            "/data/members/1/state/tier"
+        );
+        assert_eq!(
+            pointer_of(&sync(vec![member(1, "shared"), member(1, "none")])),
+            "/data/members/1/user/wp_user_id"
+        );
     }
 
     #[test]
     fn non_json_is_malformed_not_invalid() {
-        assert!(matches!(parse(b"not json"), Err(Error::MalformedJson { .. })));
-        assert!(matches!(parse(br#"{"type":"#), Err(Error::MalformedJson { .. })));
+        assert!(matches!(
+            parse(b"not json"),
+            Err(Error::MalformedJson { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"type":"#),
+            Err(Error::MalformedJson { .. })
+        ));
     }
 
     #[test]
     fn rejections_never_echo_values() {
-        let body = CONTRACT_EXAMPLE.replacen(r#""tier":"dedicated""#, r#""tier":"SECRET-VALUE""#, 1);
+        let body =
+            CONTRACT_EXAMPLE.replacen(r#""tier":"dedicated""#, r#""tier":"SECRET-VALUE""#, 1);
         let message = parse(body.as_bytes()).unwrap_err().to_string();
         assert!(!message.contains("SECRET-VALUE"), "{message}");
     }

@@ -16,9 +16,9 @@ use axum::routing::{get, post};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use super::store::ReconcileRequest;
 use super::store::{Applied, Delivery};
 use super::{Error, SiteSecrets, Store, payload, signature};
-pub use super::store::ReconcileRequest;
 
 /// Where WordPress posts.
 pub const PATH: &str = "/v1/webhooks/wordpress";
@@ -77,23 +77,34 @@ impl WebhookState {
 /// The webhook routes, to be merged into the admin listener's router.
 pub fn router(state: WebhookState) -> Router {
     Router::new()
-        .route(PATH, post(receive).fallback(|| async { Error::MethodNotAllowed }))
+        .route(
+            PATH,
+            post(receive).fallback(|| async { Error::MethodNotAllowed }),
+        )
         .route(PING_PATH, get(ping))
         .with_state(state)
 }
 
 async fn ping() -> Response {
-    json_response(StatusCode::OK, &serde_json::json!({"status": "ok", "service": "wirebot-webhooks"}))
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok", "service": "wirebot-webhooks"}),
+    )
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 fn unix_now() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
 
@@ -106,7 +117,10 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str, missing: &'static str) -> Result<&'a str, Error> {
-    headers.get(name).and_then(|v| v.to_str().ok()).ok_or(Error::InvalidSignature { reason: missing })
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Error::InvalidSignature { reason: missing })
 }
 
 async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
@@ -131,19 +145,28 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result
     if inner.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }
-    let _permit = inner.in_flight.try_acquire().map_err(|_| Error::Overloaded)?;
+    let _permit = inner
+        .in_flight
+        .try_acquire()
+        .map_err(|_| Error::Overloaded)?;
 
     // Step 1: media type and size, before reading the body.
     if !is_json(headers) {
         return Err(Error::UnsupportedMediaType);
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return Err(Error::PayloadTooLarge { limit: MAX_BODY });
     }
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
         let source = e.into_inner();
-        if source.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if source
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             Error::PayloadTooLarge { limit: MAX_BODY }
         } else {
             Error::BodyRead { source }
@@ -152,18 +175,32 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result
 
     // Step 2: signature against every accepted secret.
     let id = header(headers, "webhook-id", "missing webhook-id header")?;
-    let timestamp_text = header(headers, "webhook-timestamp", "missing webhook-timestamp header")?;
-    let signatures = header(headers, "webhook-signature", "missing webhook-signature header")?;
+    let timestamp_text = header(
+        headers,
+        "webhook-timestamp",
+        "missing webhook-timestamp header",
+    )?;
+    let signatures = header(
+        headers,
+        "webhook-signature",
+        "missing webhook-signature header",
+    )?;
     let sites = inner.sites.load();
     let site = signature::verify(&sites, id, timestamp_text, signatures, &body)?;
 
     // Step 3: the time window (verify checked the timestamp is all digits).
-    let timestamp: i64 = timestamp_text.parse().map_err(|_| Error::InvalidSignature {
-        reason: "webhook-timestamp must be integer unix seconds",
-    })?;
+    let timestamp: i64 = timestamp_text
+        .parse()
+        .map_err(|_| Error::InvalidSignature {
+            reason: "webhook-timestamp must be integer unix seconds",
+        })?;
     let now = unix_now();
     if let Err(error) = signature::check_window(timestamp, now) {
-        tracing::warn!(webhook_id = id, skew_secs = now - timestamp, "webhook timestamp outside the window");
+        tracing::warn!(
+            webhook_id = id,
+            skew_secs = now - timestamp,
+            "webhook timestamp outside the window"
+        );
         return Err(error);
     }
 
@@ -184,7 +221,12 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result
         inner.last_purge.store(now, Ordering::Relaxed);
     }
     let task = tokio::task::spawn_blocking(move || {
-        let applied = store.apply(&Delivery { webhook_id: &webhook_id, body: &body, event: &event, now });
+        let applied = store.apply(&Delivery {
+            webhook_id: &webhook_id,
+            body: &body,
+            event: &event,
+            now,
+        });
         if purge && let Err(error) = store.purge_dedup(now) {
             tracing::warn!(%error, "purging old webhook ids failed");
         }
@@ -211,9 +253,20 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result
         }
     }
     if let Some(user_id) = applied.response.get("user_id").and_then(|v| v.as_str()) {
-        tracing::info!(user_id, webhook_id = id, status = applied.status, replayed = applied.replayed, "webhook delivery answered");
+        tracing::info!(
+            user_id,
+            webhook_id = id,
+            status = applied.status,
+            replayed = applied.replayed,
+            "webhook delivery answered"
+        );
     } else {
-        tracing::info!(webhook_id = id, status = applied.status, replayed = applied.replayed, "webhook delivery answered");
+        tracing::info!(
+            webhook_id = id,
+            status = applied.status,
+            replayed = applied.replayed,
+            "webhook delivery answered"
+        );
     }
     Ok(applied)
 }

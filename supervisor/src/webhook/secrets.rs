@@ -37,13 +37,19 @@ impl Secret {
     /// Parses `whsec_<base64>`; the key is the decoded bytes (24–64 of them).
     pub fn parse(text: &str) -> Result<Secret, Error> {
         let Some(encoded) = text.trim().strip_prefix(PREFIX) else {
-            return Err(Error::MalformedSecret { reason: "it must start with whsec_" });
+            return Err(Error::MalformedSecret {
+                reason: "it must start with whsec_",
+            });
         };
         let key = STANDARD
             .decode(encoded)
-            .map_err(|_| Error::MalformedSecret { reason: "the part after whsec_ is not valid base64" })?;
+            .map_err(|_| Error::MalformedSecret {
+                reason: "the part after whsec_ is not valid base64",
+            })?;
         if !KEY_LEN.contains(&key.len()) {
-            return Err(Error::MalformedSecret { reason: "the decoded key must be 24 to 64 bytes" });
+            return Err(Error::MalformedSecret {
+                reason: "the decoded key must be 24 to 64 bytes",
+            });
         }
         Ok(Secret { key })
     }
@@ -79,11 +85,17 @@ struct SiteEntry {
 /// Loads the secrets file named by `[webhooks] secrets_file`. Refuses a file accessible by group or others, a malformed
 /// secret, a site without secrets, a duplicate site, or a secret shared by two sites (the site must be unambiguous).
 pub fn load_secrets(path: &Path) -> Result<Vec<SiteSecrets>, Error> {
-    let read_err = |source| Error::SecretsRead { path: path.to_owned(), source };
+    let read_err = |source| Error::SecretsRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     let mode = file.metadata().map_err(read_err)?.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(Error::SecretsPermissions { path: path.to_owned(), mode: mode & 0o7777 });
+        return Err(Error::SecretsPermissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
     }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read_err)?;
@@ -92,9 +104,14 @@ pub fn load_secrets(path: &Path) -> Result<Vec<SiteSecrets>, Error> {
 
 /// Parses the secrets file text (see the module docs for the format); `path` only names the file in errors.
 pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<SiteSecrets>, Error> {
-    let invalid = |reason: String| Error::SecretsInvalid { path: path.to_owned(), reason };
-    let file: SecretsFile =
-        toml::from_str(text).map_err(|source| Error::SecretsParse { path: path.to_owned(), source })?;
+    let invalid = |reason: String| Error::SecretsInvalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let file: SecretsFile = toml::from_str(text).map_err(|source| Error::SecretsParse {
+        path: path.to_owned(),
+        source,
+    })?;
     if file.sites.is_empty() {
         return Err(invalid("no [[sites]] entry".to_owned()));
     }
@@ -112,9 +129,16 @@ pub fn parse_secrets(text: &str, path: &Path) -> Result<Vec<SiteSecrets>, Error>
         }
         let mut secrets = Vec::with_capacity(entry.secrets.len());
         for (j, text) in entry.secrets.iter().enumerate() {
-            let secret = Secret::parse(text).map_err(|e| invalid(format!("sites[{i}].secrets[{j}]: {e}")))?;
-            if sites.iter().flat_map(|s| &s.secrets).any(|other| other.key == secret.key) {
-                return Err(invalid(format!("sites[{i}].secrets[{j}] is also a secret of another site")));
+            let secret = Secret::parse(text)
+                .map_err(|e| invalid(format!("sites[{i}].secrets[{j}]: {e}")))?;
+            if sites
+                .iter()
+                .flat_map(|s| &s.secrets)
+                .any(|other| other.key == secret.key)
+            {
+                return Err(invalid(format!(
+                    "sites[{i}].secrets[{j}] is also a secret of another site"
+                )));
             }
             secrets.push(secret);
         }
@@ -160,17 +184,34 @@ mod tests {
         let path = Path::new("/etc/wirebot/webhook-secrets.toml");
         let check = |text: &str, expected: &str| {
             let err = parse_secrets(text, path).unwrap_err();
-            let message = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+            let message = format!(
+                "{err}: {}",
+                std::error::Error::source(&err)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
             assert!(message.contains(expected), "{message}");
         };
         check("sites = []", "no [[sites]] entry");
-        check("[[sites]]\nurl = \"https://a\"\nsecrets = []", "sites[0].secrets is empty");
-        check("[[sites]]\nurl = \"https://a\"\nsecrets = [\"whsec_x\"]", "sites[0].secrets[0]: malformed");
-        check("[[sites]]\nurl = \"https://a\"\nsecret = []", "unknown field");
+        check(
+            "[[sites]]\nurl = \"https://a\"\nsecrets = []",
+            "sites[0].secrets is empty",
+        );
+        check(
+            "[[sites]]\nurl = \"https://a\"\nsecrets = [\"whsec_x\"]",
+            "sites[0].secrets[0]: malformed",
+        );
+        check(
+            "[[sites]]\nurl = \"https://a\"\nsecret = []",
+            "unknown field",
+        );
         let twice = format!(
             "[[sites]]\nurl = \"https://a\"\nsecrets = [\"{VECTOR}\"]\n[[sites]]\nurl = \"https://b\"\nsecrets = [\"{VECTOR}\"]"
         );
-        check(&twice, "sites[1].secrets[0] is also a secret of another site");
+        check(
+            &twice,
+            "sites[1].secrets[0] is also a secret of another site",
+        );
         let dup = format!(
             "[[sites]]\nurl = \"https://a/\"\nsecrets = [\"{VECTOR}\"]\n[[sites]]\nurl = \"https://a\"\nsecrets = [\"{VECTOR}\"]"
         );

@@ -29,7 +29,10 @@ fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
 
 /// The `webhook-signature` entry for one secret: `v1,<base64>`.
 pub fn sign(secret: &Secret, id: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("v1,{}", STANDARD.encode(mac(secret.key(), id, &timestamp.to_string(), body)))
+    format!(
+        "v1,{}",
+        STANDARD.encode(mac(secret.key(), id, &timestamp.to_string(), body))
+    )
 }
 
 /// Checks the three headers against every accepted secret of every site and returns the site whose secret matched.
@@ -41,11 +44,21 @@ pub fn verify<'a>(
     signatures: &str,
     body: &[u8],
 ) -> Result<&'a SiteSecrets, Error> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'.') {
-        return Err(Error::InvalidSignature { reason: "webhook-id must be 1-256 visible ASCII characters without '.'" });
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'.')
+    {
+        return Err(Error::InvalidSignature {
+            reason: "webhook-id must be 1-256 visible ASCII characters without '.'",
+        });
     }
-    if timestamp.is_empty() || timestamp.len() > 12 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::InvalidSignature { reason: "webhook-timestamp must be integer unix seconds" });
+    if timestamp.is_empty()
+        || timestamp.len() > 12
+        || !timestamp.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(Error::InvalidSignature {
+            reason: "webhook-timestamp must be integer unix seconds",
+        });
     }
     let candidates: Vec<Vec<u8>> = signatures
         .split_ascii_whitespace()
@@ -54,24 +67,34 @@ pub fn verify<'a>(
         .filter(|raw| raw.len() == 32)
         .collect();
     if candidates.is_empty() {
-        return Err(Error::InvalidSignature { reason: "no v1 signature in webhook-signature" });
+        return Err(Error::InvalidSignature {
+            reason: "no v1 signature in webhook-signature",
+        });
     }
     for site in sites {
         for secret in &site.secrets {
             let expected = mac(secret.key(), id, timestamp, body);
-            if candidates.iter().any(|c| bool::from(c.as_slice().ct_eq(&expected))) {
+            if candidates
+                .iter()
+                .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
+            {
                 return Ok(site);
             }
         }
     }
-    Err(Error::InvalidSignature { reason: "no signature matches an accepted secret" })
+    Err(Error::InvalidSignature {
+        reason: "no signature matches an accepted secret",
+    })
 }
 
 /// Rejects a timestamp more than `TOLERANCE_SECS` away from `now` (replays of old deliveries, skewed clocks).
 pub fn check_window(timestamp: i64, now: i64) -> Result<(), Error> {
     let skew = now.saturating_sub(timestamp);
     if skew.saturating_abs() > TOLERANCE_SECS {
-        return Err(Error::TimestampOutOfWindow { skew_secs: skew, tolerance_secs: TOLERANCE_SECS });
+        return Err(Error::TimestampOutOfWindow {
+            skew_secs: skew,
+            tolerance_secs: TOLERANCE_SECS,
+        });
     }
     Ok(())
 }
@@ -95,15 +118,26 @@ mod tests {
 
     #[test]
     fn contract_test_vector_signs_and_verifies() {
-        assert_eq!(sign(&Secret::parse(SECRET).unwrap(), ID, TS, BODY), SIGNATURE);
+        assert_eq!(
+            sign(&Secret::parse(SECRET).unwrap(), ID, TS, BODY),
+            SIGNATURE
+        );
         let sites = site(&[SECRET]);
-        assert_eq!(verify(&sites, ID, &TS.to_string(), SIGNATURE, BODY).unwrap().url, "https://network.example");
+        assert_eq!(
+            verify(&sites, ID, &TS.to_string(), SIGNATURE, BODY)
+                .unwrap()
+                .url,
+            "https://network.example"
+        );
     }
 
     #[test]
     fn any_listed_v1_signature_may_match_and_any_secret_may_verify() {
         let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let list = format!("v2,abc v1,{} {SIGNATURE}", &SIGNATURE[3..SIGNATURE.len() - 4]);
+        let list = format!(
+            "v2,abc v1,{} {SIGNATURE}",
+            &SIGNATURE[3..SIGNATURE.len() - 4]
+        );
         assert!(verify(&site(&[SECRET]), ID, "1649367553", &list, BODY).is_ok());
         assert!(verify(&site(&[other, SECRET]), ID, "1649367553", SIGNATURE, BODY).is_ok());
         assert!(verify(&site(&[other]), ID, "1649367553", SIGNATURE, BODY).is_err());
@@ -116,12 +150,29 @@ mod tests {
             Err(Error::InvalidSignature { reason }) => reason,
             other => panic!("expected InvalidSignature, got {other:?}"),
         };
-        assert_eq!(reason(verify(&sites, ID, "1649367554", SIGNATURE, BODY)), "no signature matches an accepted secret");
-        assert_eq!(reason(verify(&sites, "msg_other", "1649367553", SIGNATURE, BODY)), "no signature matches an accepted secret");
-        assert_eq!(reason(verify(&sites, ID, "1649367553", SIGNATURE, b"{}")), "no signature matches an accepted secret");
-        assert_eq!(reason(verify(&sites, ID, "1649367553", "v1,", BODY)), "no v1 signature in webhook-signature");
-        assert_eq!(reason(verify(&sites, ID, "1649367553", "", BODY)), "no v1 signature in webhook-signature");
-        assert!(reason(verify(&sites, "a.b", "1649367553", SIGNATURE, BODY)).contains("without '.'"));
+        assert_eq!(
+            reason(verify(&sites, ID, "1649367554", SIGNATURE, BODY)),
+            "no signature matches an accepted secret"
+        );
+        assert_eq!(
+            reason(verify(&sites, "msg_other", "1649367553", SIGNATURE, BODY)),
+            "no signature matches an accepted secret"
+        );
+        assert_eq!(
+            reason(verify(&sites, ID, "1649367553", SIGNATURE, b"{}")),
+            "no signature matches an accepted secret"
+        );
+        assert_eq!(
+            reason(verify(&sites, ID, "1649367553", "v1,", BODY)),
+            "no v1 signature in webhook-signature"
+        );
+        assert_eq!(
+            reason(verify(&sites, ID, "1649367553", "", BODY)),
+            "no v1 signature in webhook-signature"
+        );
+        assert!(
+            reason(verify(&sites, "a.b", "1649367553", SIGNATURE, BODY)).contains("without '.'")
+        );
         assert!(reason(verify(&sites, ID, "-5", SIGNATURE, BODY)).contains("unix seconds"));
     }
 
@@ -130,7 +181,10 @@ mod tests {
         assert!(check_window(1000, 1300).is_ok());
         assert!(check_window(1300, 1000).is_ok());
         match check_window(1000, 1301) {
-            Err(Error::TimestampOutOfWindow { skew_secs: 301, tolerance_secs: 300 }) => {}
+            Err(Error::TimestampOutOfWindow {
+                skew_secs: 301,
+                tolerance_secs: 300,
+            }) => {}
             other => panic!("{other:?}"),
         }
         assert!(check_window(1301, 1000).is_err());

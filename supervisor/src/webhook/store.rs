@@ -114,9 +114,16 @@ pub struct Applied {
 
 /// The per-member result of steps 6–8.
 enum MemberOutcome {
-    Stale { user_id: UserId },
-    Applied { user_id: UserId },
-    Accepted { user_id: UserId, request: ReconcileRequest },
+    Stale {
+        user_id: UserId,
+    },
+    Applied {
+        user_id: UserId,
+    },
+    Accepted {
+        user_id: UserId,
+        request: ReconcileRequest,
+    },
 }
 
 /// The webhook store: one SQLite connection behind a mutex (callers run it on a blocking thread).
@@ -128,20 +135,33 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the SQLite file, sets WAL and a short busy timeout, and applies `MIGRATION`.
     pub fn open(path: &Path) -> Result<Store, Error> {
-        let open_err = |source| Error::StoreOpen { path: path.to_owned(), source };
+        let open_err = |source| Error::StoreOpen {
+            path: path.to_owned(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_millis(250)).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.busy_timeout(Duration::from_millis(250))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
         conn.execute_batch(MIGRATION).map_err(open_err)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
-    fn with_tx<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         // A panic while holding the lock leaves no open transaction (rusqlite rolls back on drop), so a poisoned
         // mutex still guards a consistent connection.
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::store("begin"))?;
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::store("begin"))?;
         let value = f(&mut tx)?;
         tx.commit().map_err(Error::store("commit"))?;
         Ok(value)
@@ -235,8 +255,11 @@ impl Store {
     /// Forgets `webhook-id`s older than `DEDUP_RETENTION_SECS`; returns how many were removed.
     pub fn purge_dedup(&self, now: i64) -> Result<usize, Error> {
         self.with_tx(|tx| {
-            tx.execute("DELETE FROM webhook_dedup WHERE received_at < ?1", [now - DEDUP_RETENTION_SECS])
-                .map_err(Error::store("purge dedup"))
+            tx.execute(
+                "DELETE FROM webhook_dedup WHERE received_at < ?1",
+                [now - DEDUP_RETENTION_SECS],
+            )
+            .map_err(Error::store("purge dedup"))
         })
     }
 
@@ -283,7 +306,12 @@ impl Store {
     }
 
     /// Records the outcome of an operation: `done`, or `failed` with its error (shown by `wirebot status`).
-    pub fn finish_operation(&self, id: OperationId, outcome: Result<(), &str>, now: i64) -> Result<(), Error> {
+    pub fn finish_operation(
+        &self,
+        id: OperationId,
+        outcome: Result<(), &str>,
+        now: i64,
+    ) -> Result<(), Error> {
         let (state, error) = match outcome {
             Ok(()) => ("done", None),
             Err(e) => ("failed", Some(e)),
@@ -323,24 +351,38 @@ fn request_from_row(id: &str, user_id: &str, status: &str, tier: &str) -> Option
     Some(ReconcileRequest {
         operation_id: OperationId(uuid::Uuid::parse_str(id).ok()?),
         user_id: user_id.parse().ok()?,
-        desired: DesiredState { status: Status::parse(status)?, tier: Tier::parse(tier)? },
+        desired: DesiredState {
+            status: Status::parse(status)?,
+            tier: Tier::parse(tier)?,
+        },
     })
 }
 
 fn read_desired(tx: &Connection, user_id: &str) -> Result<Option<(DesiredState, u64)>, Error> {
     let row: Option<(String, String, i64)> = tx
-        .query_row("SELECT status, tier, seq FROM webhook_desired WHERE user_id = ?1", [user_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT status, tier, seq FROM webhook_desired WHERE user_id = ?1",
+            [user_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()
         .map_err(Error::store("read desired state"))?;
     Ok(row.and_then(|(status, tier, seq)| {
-        Some((DesiredState { status: Status::parse(&status)?, tier: Tier::parse(&tier)? }, u64::try_from(seq).ok()?))
+        Some((
+            DesiredState {
+                status: Status::parse(&status)?,
+                tier: Tier::parse(&tier)?,
+            },
+            u64::try_from(seq).ok()?,
+        ))
     }))
 }
 
 fn conflict(user_id: &UserId, reason: &'static str) -> Error {
-    Error::IdentityConflict { user_id: user_id.to_string(), reason }
+    Error::IdentityConflict {
+        user_id: user_id.to_string(),
+        reason,
+    }
 }
 
 fn sql_int(v: u64) -> i64 {
@@ -367,19 +409,30 @@ fn apply_member(
         .optional()
         .map_err(Error::store("read member"))?;
     let tombstone: Option<i64> = tx
-        .query_row("SELECT seq FROM webhook_tombstones WHERE site = ?1 AND wp_user_id = ?2", params![site, wp], |r| r.get(0))
+        .query_row(
+            "SELECT seq FROM webhook_tombstones WHERE site = ?1 AND wp_user_id = ?2",
+            params![site, wp],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(Error::store("read tombstone"))?;
     let user_id: UserId = match &existing {
         Some((id, _, _)) => id.parse().map_err(|_| Error::Store {
             op: "read member",
-            source: rusqlite::Error::InvalidColumnType(0, "user_id".into(), rusqlite::types::Type::Text),
+            source: rusqlite::Error::InvalidColumnType(
+                0,
+                "user_id".into(),
+                rusqlite::types::Type::Text,
+            ),
         })?,
         None => derive_user_id(tx, site, member.user.wp_user_id)?,
     };
 
     // Step 6: order by seq (a tombstone keeps the seq of the deletion).
-    let last_applied = existing.as_ref().map_or(0, |e| e.2).max(tombstone.unwrap_or(0));
+    let last_applied = existing
+        .as_ref()
+        .map_or(0, |e| e.2)
+        .max(tombstone.unwrap_or(0));
     if seq <= last_applied {
         return Ok(MemberOutcome::Stale { user_id });
     }
@@ -387,16 +440,25 @@ fn apply_member(
     // Step 7: identity.
     let deleting = member.state.status == Status::Deleted;
     if tombstone.is_some() && !deleting {
-        return Err(conflict(&user_id, "this WordPress user was deleted (tombstoned) and cannot come back"));
+        return Err(conflict(
+            &user_id,
+            "this WordPress user was deleted (tombstoned) and cannot come back",
+        ));
     }
     let desired = read_desired(tx, user_id.as_str())?;
     if desired.is_some_and(|(d, _)| d.status == Status::Deleted) && !deleting {
-        return Err(conflict(&user_id, "this WordPress user is being deleted and cannot come back"));
+        return Err(conflict(
+            &user_id,
+            "this WordPress user is being deleted and cannot come back",
+        ));
     }
     if let (Some((_, Some(bound), _)), Some(sent)) = (&existing, &member.user.ring_leader_id)
         && bound != sent
     {
-        return Err(conflict(&user_id, "wp_user_id is bound to another ring_leader_id"));
+        return Err(conflict(
+            &user_id,
+            "wp_user_id is bound to another ring_leader_id",
+        ));
     }
     if let Some(sent) = &member.user.ring_leader_id {
         let other: Option<i64> = tx
@@ -408,7 +470,10 @@ fn apply_member(
             .optional()
             .map_err(Error::store("read ring leader binding"))?;
         if other.is_some() {
-            return Err(conflict(&user_id, "ring_leader_id is bound to another wp_user_id"));
+            return Err(conflict(
+                &user_id,
+                "ring_leader_id is bound to another wp_user_id",
+            ));
         }
     }
 
@@ -493,7 +558,11 @@ fn apply_member(
         ],
     )
     .map_err(Error::store("enqueue operation"))?;
-    let request = ReconcileRequest { operation_id, user_id: user_id.clone(), desired: member.state };
+    let request = ReconcileRequest {
+        operation_id,
+        user_id: user_id.clone(),
+        desired: member.state,
+    };
     Ok(MemberOutcome::Accepted { user_id, request })
 }
 
@@ -501,7 +570,10 @@ fn apply_member(
 /// already holds `wp<id>`. Stored on first sight, so it never changes afterwards.
 fn derive_user_id(tx: &Connection, site: &str, wp_user_id: u64) -> Result<UserId, Error> {
     let site_hash = hex::encode(&Sha256::digest(site.as_bytes())[..4]);
-    let first = [format!("wp{wp_user_id}"), format!("wp{wp_user_id}-{site_hash}")];
+    let first = [
+        format!("wp{wp_user_id}"),
+        format!("wp{wp_user_id}-{site_hash}"),
+    ];
     let more = (2..100).map(|n| format!("wp{wp_user_id}-{site_hash}-{n}"));
     for candidate in first.into_iter().chain(more) {
         let taken: bool = tx
@@ -520,5 +592,8 @@ fn derive_user_id(tx: &Connection, site: &str, wp_user_id: u64) -> Result<UserId
             });
         }
     }
-    Err(Error::Store { op: "derive user id", source: rusqlite::Error::QueryReturnedNoRows })
+    Err(Error::Store {
+        op: "derive user id",
+        source: rusqlite::Error::QueryReturnedNoRows,
+    })
 }
