@@ -1,0 +1,227 @@
+//! Connected clients and event fan-out. Unlike Clawdbot (every event to every client), an agent's events reach
+//! only operator connections and connections scoped to that agent. Each client has an outbox whose queued bytes
+//! are counted: over the limit, droppable events are skipped and anything else closes the socket (1008).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::agent_id::AgentId;
+use crate::protocol::{self, MAX_BUFFERED_BYTES, close};
+
+/// Something to write to one socket.
+#[derive(Debug)]
+pub enum Outgoing {
+    Text(String),
+    Close(u16, String),
+}
+
+/// The sending side of one connection: frames are queued and written by the connection's writer task.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    buffered: Arc<AtomicUsize>,
+    seq: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let o = Outbox {
+            tx,
+            buffered: Arc::new(AtomicUsize::new(0)),
+            seq: Arc::new(AtomicU64::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        (o, rx)
+    }
+
+    /// Queues a response frame (never dropped).
+    pub fn send_text(&self, text: String) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.buffered.fetch_add(text.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Outgoing::Text(text));
+    }
+
+    /// Queues an event with this connection's next `seq`, applying the slow-consumer rule.
+    pub fn send_event(&self, name: &str, payload: &Value, droppable: bool) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.buffered.load(Ordering::Relaxed) > MAX_BUFFERED_BYTES {
+            if droppable {
+                return;
+            }
+            self.close(close::POLICY, "slow consumer");
+            return;
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send_text(protocol::event(name, payload, seq));
+    }
+
+    /// Queues a close frame; nothing is queued after it.
+    pub fn close(&self, code: u16, reason: &str) {
+        if !self.closed.swap(true, Ordering::Relaxed) {
+            let _ = self.tx.send(Outgoing::Close(code, reason.to_string()));
+        }
+    }
+
+    /// Called by the writer once a frame of `n` bytes is on the wire.
+    pub fn written(&self, n: usize) {
+        self.buffered.fetch_sub(
+            n.min(self.buffered.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed) || self.tx.is_closed()
+    }
+}
+
+/// Who should receive an event.
+#[derive(Clone, Debug)]
+pub enum Audience {
+    All,
+    Operators,
+    Agent(AgentId),
+}
+
+#[derive(Debug)]
+struct Client {
+    scope: Option<AgentId>,
+    outbox: Outbox,
+    presence: Value,
+}
+
+/// Registry of authenticated connections.
+#[derive(Debug, Default)]
+pub struct Hub {
+    clients: Mutex<HashMap<u64, Client>>,
+    next_id: AtomicU64,
+    presence_version: AtomicU64,
+}
+
+impl Hub {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn register(&self, conn: u64, scope: Option<AgentId>, outbox: Outbox, presence: Value) {
+        self.lock().insert(
+            conn,
+            Client {
+                scope,
+                outbox,
+                presence,
+            },
+        );
+        self.presence_version.fetch_add(1, Ordering::Relaxed);
+        self.publish_presence();
+    }
+
+    pub fn unregister(&self, conn: u64) {
+        if self.lock().remove(&conn).is_some() {
+            self.presence_version.fetch_add(1, Ordering::Relaxed);
+            self.publish_presence();
+        }
+    }
+
+    /// Presence entries of operator connections (scoped ones are tenants and stay private).
+    pub fn presence(&self) -> Vec<Value> {
+        self.lock()
+            .values()
+            .filter(|c| c.scope.is_none())
+            .map(|c| c.presence.clone())
+            .collect()
+    }
+
+    pub fn presence_version(&self) -> u64 {
+        self.presence_version.load(Ordering::Relaxed)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn publish_presence(&self) {
+        let payload = serde_json::json!({"presence": self.presence()});
+        self.publish("presence", &payload, &Audience::Operators, true);
+    }
+
+    /// Sends an event to every client in `audience`.
+    pub fn publish(&self, event: &str, payload: &Value, audience: &Audience, droppable: bool) {
+        let clients = self.lock();
+        for c in clients.values() {
+            let to = match (audience, &c.scope) {
+                (Audience::All, _) => true,
+                (Audience::Operators, scope) => scope.is_none(),
+                (Audience::Agent(_), None) => true,
+                (Audience::Agent(a), Some(s)) => a == s,
+            };
+            if to {
+                c.outbox.send_event(event, payload, droppable);
+            }
+        }
+    }
+
+    /// Sends `shutdown` to everyone and closes every socket with 1012.
+    pub fn shutdown_all(&self, reason: &str) {
+        let payload = serde_json::json!({"reason": reason});
+        for c in self.lock().values() {
+            c.outbox.send_event("shutdown", &payload, false);
+            c.outbox.close(close::RESTART, "service restart");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Client>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn agent_events_reach_operators_and_that_agent_only() {
+        let hub = Hub::default();
+        let (op, mut op_rx) = Outbox::new();
+        let (a, mut a_rx) = Outbox::new();
+        let (b, mut b_rx) = Outbox::new();
+        hub.register(1, None, op, json!({}));
+        hub.register(2, Some(AgentId::parse("a").unwrap()), a, json!({}));
+        hub.register(3, Some(AgentId::parse("b").unwrap()), b, json!({}));
+        while op_rx.try_recv().is_ok() {}
+        hub.publish(
+            "chat",
+            &json!({"x": 1}),
+            &Audience::Agent(AgentId::parse("a").unwrap()),
+            false,
+        );
+        assert!(matches!(op_rx.try_recv(), Ok(Outgoing::Text(t)) if t.contains("\"chat\"")));
+        assert!(matches!(a_rx.try_recv(), Ok(Outgoing::Text(t)) if t.contains("\"chat\"")));
+        assert!(
+            b_rx.try_recv().is_err(),
+            "agent b must not see agent a's event"
+        );
+    }
+
+    #[test]
+    fn slow_consumer_drops_droppable_then_closes() {
+        let (o, mut rx) = Outbox::new();
+        o.send_text("x".repeat(MAX_BUFFERED_BYTES + 1));
+        o.send_event("agent", &json!({}), true);
+        o.send_event("chat", &json!({}), false);
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Close(1008, r)) if r == "slow consumer"));
+        assert!(rx.try_recv().is_err());
+    }
+}
