@@ -6,6 +6,7 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
+use crate::dir::Dir;
 use crate::provision::{DIR_MODE, remove_any};
 use crate::{Error, Layout, UserId, atomic, perms};
 
@@ -70,9 +71,13 @@ fn write_archive(tmp: &Path, user_dir: &Path, user: &UserId) -> Result<usize, Er
     let encoder =
         zstd::Encoder::new(file, ZSTD_LEVEL).map_err(Error::io("start zstd stream for", tmp))?;
     let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
     let mut count = 0;
-    append_tree(&mut builder, user_dir, Path::new(user.as_str()), &mut count)?;
+    append_tree(
+        &mut builder,
+        &Dir::open(user_dir)?,
+        Path::new(user.as_str()),
+        &mut count,
+    )?;
     let encoder = builder
         .into_inner()
         .map_err(Error::io("finish tar stream for", tmp))?;
@@ -84,37 +89,81 @@ fn write_archive(tmp: &Path, user_dir: &Path, user: &UserId) -> Result<usize, Er
 }
 
 /// Append `dir` as `name` and everything below it (sorted, so archives are reproducible), counting entries.
+/// Everything is opened relative to directory fds with `O_NOFOLLOW`: a tenant swapping a path for a symlink while
+/// root archives cannot smuggle another file's content into its archive (the swap makes the removal fail instead).
 fn append_tree<W: io::Write>(
     builder: &mut tar::Builder<W>,
-    dir: &Path,
+    dir: &Dir,
     name: &Path,
     count: &mut usize,
 ) -> Result<(), Error> {
+    let meta = std::fs::metadata(dir.proc_path()).map_err(Error::io("inspect", dir.path()))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
     builder
-        .append_path_with_name(dir, name)
-        .map_err(Error::io("archive", dir))?;
+        .append_data(&mut header, name, io::empty())
+        .map_err(Error::io("archive", dir.path()))?;
     *count += 1;
-    let mut entries = std::fs::read_dir(dir)
+
+    let mut entries = std::fs::read_dir(dir.proc_path())
         .and_then(|rd| {
             rd.map(|e| e.map(|e| e.file_name()))
                 .collect::<io::Result<Vec<_>>>()
         })
-        .map_err(Error::io("list directory", dir))?;
+        .map_err(Error::io("list directory", dir.path()))?;
     entries.sort();
     for entry in entries {
-        let path = dir.join(&entry);
-        let child = name.join(&entry);
-        let meta = std::fs::symlink_metadata(&path).map_err(Error::io("inspect", &path))?;
-        if meta.is_dir() {
-            append_tree(builder, &path, &child, count)?;
-        } else if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-            // A socket is a live endpoint, not data; it cannot be archived.
-            tracing::warn!(path = %path.display(), "skipping socket while archiving");
-        } else {
-            builder
-                .append_path_with_name(&path, &child)
-                .map_err(Error::io("archive", &path))?;
-            *count += 1;
+        let Some(entry_name) = entry.to_str() else {
+            tracing::warn!(path = %dir.path().join(&entry).display(), "skipping a non-UTF-8 name while archiving");
+            continue;
+        };
+        let path = dir.path().join(entry_name);
+        let child = name.join(entry_name);
+        let st = nix::sys::stat::fstatat(
+            dir.fd(),
+            entry_name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::Io {
+            op: "inspect",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        match st.st_mode & nix::libc::S_IFMT {
+            nix::libc::S_IFDIR => append_tree(builder, &dir.open_dir(entry_name)?, &child, count)?,
+            nix::libc::S_IFREG => {
+                let file = dir.open_regular(entry_name)?;
+                let meta = file.metadata().map_err(Error::io("inspect", &path))?;
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                builder
+                    .append_data(&mut header, &child, file)
+                    .map_err(Error::io("archive", &path))?;
+                *count += 1;
+            }
+            nix::libc::S_IFLNK => {
+                let target =
+                    nix::fcntl::readlinkat(dir.fd(), entry_name).map_err(|e| Error::Io {
+                        op: "read link",
+                        path: path.clone(),
+                        source: e.into(),
+                    })?;
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(st.st_mode & 0o7777);
+                header.set_uid(u64::from(st.st_uid));
+                header.set_gid(u64::from(st.st_gid));
+                header.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, &child, &target)
+                    .map_err(Error::io("archive", &path))?;
+                *count += 1;
+            }
+            // Sockets and FIFOs are live endpoints, not data (and tenants cannot create devices).
+            _ => {
+                tracing::warn!(path = %path.display(), "skipping a socket, FIFO or device while archiving")
+            }
         }
     }
     Ok(())

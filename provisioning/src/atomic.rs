@@ -1,13 +1,13 @@
-//! The only way provisioning writes a file: temp file in the same dir, fsync, rename over, fsync the dir.
+//! The one way files are written, by path: temp file in the same dir, fsync, rename over, fsync the dir.
 //!
 //! A reader (or a crash) sees either the old bytes or the new ones, never a mix, and the temp file is created
 //! with `O_EXCL` (so a planted symlink is never followed) and gets its final mode and owner before the first byte.
+//! Inside a tenant's tree provisioning uses the same writer through an open directory fd (`Dir::write_atomic`).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::dir::Dir;
 use crate::{Error, Owner};
 
 /// Atomically replace `path` with `bytes`, mode `mode` (exact, umask ignored), owned by the caller.
@@ -23,38 +23,7 @@ pub fn write_file_owned(
     owner: Option<Owner>,
 ) -> Result<(), Error> {
     let (dir, name) = split(path)?;
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let result = write_tmp(&tmp, bytes, mode, owner)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(Error::io("rename into place", path)));
-    if result.is_err() {
-        // Best effort: the temp file may not exist (create failed) and the original error is the one to report.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(&dir)
-}
-
-/// Create `tmp` exclusively with `mode` and `owner`, write `bytes`, fsync.
-fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, owner: Option<Owner>) -> Result<(), Error> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o7777)
-        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
-        .open(tmp)
-        .map_err(Error::io("create temp file", tmp))?;
-    // The umask may have cleared bits of `mode`; set it exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(Error::io("chmod", tmp))?;
-    if let Some(owner) = owner {
-        crate::perms::chown_fd(&file, tmp, owner)?;
-    }
-    file.write_all(bytes).map_err(Error::io("write", tmp))?;
-    file.sync_all().map_err(Error::io("fsync", tmp))
+    Dir::open_following(&dir)?.write_atomic(&name, bytes, mode, owner)
 }
 
 /// fsync a directory, making renames and creations inside it durable.
@@ -122,7 +91,12 @@ mod tests {
         let path = dir.path().join("nope/f");
         let err = write_file(&path, b"x", 0o600).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("cannot create temp file"), "{msg}");
-        assert!(msg.contains("nope/.f.tmp-"), "{msg}");
+        assert_eq!(
+            msg,
+            format!(
+                "cannot open directory {}",
+                dir.path().join("nope").display()
+            )
+        );
     }
 }

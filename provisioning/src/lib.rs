@@ -3,6 +3,7 @@
 
 mod archive;
 pub mod atomic;
+mod dir;
 mod error;
 mod layout;
 mod perms;

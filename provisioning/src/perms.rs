@@ -85,25 +85,14 @@ pub(crate) fn ensure_dir(path: &Path, mode: u32, owner: Option<Owner>) -> Result
     })
 }
 
-/// Ensure the existing `path` is a regular file (not a symlink) with exactly `mode` and `owner`; returns whether
-/// anything was fixed.
-pub(crate) fn fix_file(path: &Path, mode: u32, owner: Option<Owner>) -> Result<bool, Error> {
-    let meta = std::fs::symlink_metadata(path).map_err(Error::io("inspect", path))?;
-    if !meta.is_file() {
-        return Err(wrong_type(path, "regular file", &meta));
-    }
-    // O_NONBLOCK: a FIFO swapped in after the check must not hang us; O_NOFOLLOW: nor may a symlink redirect us.
-    let file = open_nofollow(path, nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)?;
-    let meta = file.metadata().map_err(Error::io("inspect", path))?;
-    if !meta.is_file() {
-        return Err(wrong_type(path, "regular file", &meta));
-    }
-    fix(&file, path, mode, owner)
-}
-
 /// Set mode and owner through an open fd, touching only what differs (so a correct tree keeps its ctime too);
 /// returns whether anything was fixed.
-fn fix(file: &File, path: &Path, mode: u32, owner: Option<Owner>) -> Result<bool, Error> {
+pub(crate) fn fix(
+    file: &File,
+    path: &Path,
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<bool, Error> {
     let meta = file.metadata().map_err(Error::io("inspect", path))?;
     let mut fixed = false;
     if let Some(owner) = owner
@@ -144,28 +133,27 @@ fn open_nofollow(path: &Path, flags: i32) -> Result<File, Error> {
 
 /// `Error::WrongFileType` for `meta` found at `path`.
 pub(crate) fn wrong_type(path: &Path, expected: &'static str, meta: &Metadata) -> Error {
+    wrong_type_mode(path, expected, meta.mode())
+}
+
+/// `Error::WrongFileType` for a raw `st_mode` found at `path`.
+pub(crate) fn wrong_type_mode(path: &Path, expected: &'static str, st_mode: u32) -> Error {
     Error::WrongFileType {
         path: path.to_owned(),
         expected,
-        found: type_name(meta),
+        found: type_name(st_mode),
     }
 }
 
-/// A human name for a file type.
-fn type_name(meta: &Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    let t = meta.file_type();
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_file() {
-        "a regular file"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a device"
+/// A human name for the file type in `st_mode`.
+fn type_name(st_mode: u32) -> &'static str {
+    use nix::libc::{S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+    match st_mode & S_IFMT {
+        S_IFLNK => "a symbolic link",
+        S_IFDIR => "a directory",
+        S_IFREG => "a regular file",
+        S_IFIFO => "a FIFO",
+        S_IFSOCK => "a socket",
+        _ => "a device",
     }
 }

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::perms::{Change, ensure_dir, fix_file};
+use crate::dir::Dir;
+use crate::perms::{Change, ensure_dir};
 use crate::template::{self, Managed};
 use crate::{Error, Layout, Owner, Secret, Tier, UserId, atomic};
 
@@ -170,45 +171,59 @@ fn reprovision(
     spec: &ProvisionSpec,
     user_dir: &Path,
 ) -> Result<(Secret, bool), Error> {
-    let mut changed = converge_tree(user_dir, user_dir, spec, None)?;
+    let (token, mut changed) = converge_tree(user_dir, user_dir, spec, None)?;
     let mut runtime_created = false;
     changed |= converge_runtime(layout, spec, &mut runtime_created)?;
-    let token = gateway_token(layout, &spec.user)?;
     Ok((token, changed))
 }
 
-/// Make `root` (which will live at `final_dir`) the user's tree; returns whether anything changed.
-/// `new_token` is set for a fresh tree; otherwise the existing token is kept (or generated if missing).
+/// Make `root` (which will live at `final_dir`) the user's tree; returns the gateway token and whether anything
+/// changed. `new_token` is set for a fresh tree; otherwise the existing token is kept (or generated if missing).
+/// Everything below `root` goes through directory fds, never re-resolving a path the tenant could swap.
 fn converge_tree(
     root: &Path,
     final_dir: &Path,
     spec: &ProvisionSpec,
     new_token: Option<Secret>,
-) -> Result<bool, Error> {
+) -> Result<(Secret, bool), Error> {
     let owner = spec.owner;
     let mut changed = ensure_dir(root, DIR_MODE, owner)?.changed();
-    // Parents of directories created here: fsynced at the end unless an atomic write into them already did it.
-    let mut unsynced = BTreeSet::new();
-    for dir in DIRS {
-        let path = root.join(dir);
-        if ensure_dir(&path, DIR_MODE, owner)? == Change::Created {
-            unsynced.insert(path.parent().unwrap_or(root).to_owned());
-            changed = true;
+    let root_dir = Dir::open(root)?;
+    // Directories by relative path ("" = root); DIRS lists parents first.
+    let mut dirs: BTreeMap<&str, Dir> = BTreeMap::new();
+    // Directories whose entries changed (a subdirectory was created): fsynced at the end unless an atomic write
+    // into them already did it.
+    let mut unsynced: BTreeSet<&str> = BTreeSet::new();
+    for rel in DIRS {
+        let (parent_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent = if parent_rel.is_empty() {
+            &root_dir
+        } else {
+            dir_of(&dirs, parent_rel)?
+        };
+        let (dir, change) = parent.ensure_dir(name, DIR_MODE, owner)?;
+        if change == Change::Created {
+            unsynced.insert(parent_rel);
         }
+        changed |= change.changed();
+        dirs.insert(rel, dir);
     }
 
     let config_path = root.join("clawdbot.json");
-    let existing = read_existing(&config_path)?;
-    let (mut config, old) = match &existing {
-        Some(text) => {
-            let parsed = template::parse(&config_path, text)?;
-            (parsed.clone(), Some(parsed))
-        }
-        None => (template::template()?, None),
+    let old = match root_dir.read("clawdbot.json")? {
+        Some(bytes) => Some(template::parse(
+            &config_path,
+            &String::from_utf8_lossy(&bytes),
+        )?),
+        None => None,
     };
     let token = match (new_token, old.as_ref().and_then(template::token)) {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => Secret::generate(),
+    };
+    let mut config = match &old {
+        Some(parsed) => parsed.clone(),
+        None => template::template()?,
     };
     let workspace = final_dir.join("workspace");
     template::apply(
@@ -221,36 +236,45 @@ fn converge_tree(
         },
     )?;
     if old.as_ref() == Some(&config) {
-        changed |= fix_file(&config_path, FILE_MODE, owner)?;
+        changed |= root_dir.fix_file("clawdbot.json", FILE_MODE, owner)?;
     } else {
-        atomic::write_file_owned(
-            &config_path,
-            &template::to_bytes(&config_path, &config)?,
-            FILE_MODE,
-            owner,
-        )?;
-        unsynced.remove(root);
+        let bytes = template::to_bytes(&config_path, &config)?;
+        root_dir.write_atomic("clawdbot.json", &bytes, FILE_MODE, owner)?;
+        unsynced.remove("");
         changed = true;
     }
 
-    let auth_profiles = root.join("agents/main/agent/auth-profiles.json");
-    let memory = root.join("workspace/MEMORY.md");
-    for (path, bytes) in [
-        (auth_profiles, AUTH_PROFILES.to_owned()),
-        (memory, starter_memory(spec)),
+    for (dir_rel, name, bytes) in [
+        (
+            "agents/main/agent",
+            "auth-profiles.json",
+            AUTH_PROFILES.to_owned(),
+        ),
+        ("workspace", "MEMORY.md", starter_memory(spec)),
     ] {
-        let change = write_if_missing(&path, bytes.as_bytes(), owner)?;
-        if change == Change::Created
-            && let Some(dir) = path.parent()
-        {
-            unsynced.remove(dir);
+        let change = write_if_missing(dir_of(&dirs, dir_rel)?, name, bytes.as_bytes(), owner)?;
+        if change == Change::Created {
+            unsynced.remove(dir_rel);
         }
         changed |= change.changed();
     }
-    for dir in &unsynced {
-        atomic::sync_dir(dir)?;
+    for rel in unsynced {
+        if rel.is_empty() {
+            root_dir.sync()?
+        } else {
+            dir_of(&dirs, rel)?.sync()?
+        }
     }
-    Ok(changed)
+    Ok((token, changed))
+}
+
+/// The already-opened directory `rel` (DIRS lists parents first, so it is always there).
+fn dir_of<'d>(dirs: &'d BTreeMap<&str, Dir>, rel: &str) -> Result<&'d Dir, Error> {
+    dirs.get(rel).ok_or_else(|| Error::Io {
+        op: "find parent directory (DIRS must list parents first)",
+        path: PathBuf::from(rel),
+        source: ErrorKind::NotFound.into(),
+    })
 }
 
 /// Ensure `<runtime>/users/<id>/gateway.env`; sets `created` as soon as the user's runtime dir is created.
@@ -259,16 +283,16 @@ fn converge_runtime(
     spec: &ProvisionSpec,
     created: &mut bool,
 ) -> Result<bool, Error> {
-    create_root(&layout.runtime_users_dir())?;
-    let dir = layout.runtime_user_dir(&spec.user);
-    let dir_change = ensure_dir(&dir, DIR_MODE, spec.owner)?;
+    let users = layout.runtime_users_dir();
+    create_root(&users)?;
+    let users_dir = Dir::open(&users)?;
+    let (dir, dir_change) = users_dir.ensure_dir(spec.user.as_str(), DIR_MODE, spec.owner)?;
     if dir_change == Change::Created {
         *created = true;
-        atomic::sync_dir(&layout.runtime_users_dir())?;
+        users_dir.sync()?;
     }
-    let env = layout.gateway_env(&spec.user);
     let changed = if spec.provider_keys.is_empty() {
-        write_if_missing(&env, b"", spec.owner)?.changed()
+        write_if_missing(&dir, "gateway.env", b"", spec.owner)?.changed()
     } else {
         let mut text = String::new();
         for (name, key) in &spec.provider_keys {
@@ -277,10 +301,12 @@ fn converge_runtime(
             text.push_str(key.expose());
             text.push('\n');
         }
-        match read_existing(&env)? {
-            Some(old) if old == text => fix_file(&env, FILE_MODE, spec.owner)?,
+        match dir.read("gateway.env")? {
+            Some(old) if old == text.as_bytes() => {
+                dir.fix_file("gateway.env", FILE_MODE, spec.owner)?
+            }
             _ => {
-                atomic::write_file_owned(&env, text.as_bytes(), FILE_MODE, spec.owner)?;
+                dir.write_atomic("gateway.env", text.as_bytes(), FILE_MODE, spec.owner)?;
                 true
             }
         }
@@ -288,40 +314,23 @@ fn converge_runtime(
     Ok(dir_change.changed() | changed)
 }
 
-/// Write `bytes` to `path` unless a file is already there (then only fix its mode and owner). This is how user
-/// data (MEMORY.md, auth-profiles.json) is never clobbered.
-fn write_if_missing(path: &Path, bytes: &[u8], owner: Option<Owner>) -> Result<Change, Error> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(if fix_file(path, FILE_MODE, owner)? {
+/// Write `bytes` to `dir/name` unless something is already there (then it must be a regular file, and only its
+/// mode and owner are fixed). This is how user data (MEMORY.md, auth-profiles.json) is never clobbered.
+fn write_if_missing(
+    dir: &Dir,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<Owner>,
+) -> Result<Change, Error> {
+    if dir.exists(name)? {
+        Ok(if dir.fix_file(name, FILE_MODE, owner)? {
             Change::Fixed
         } else {
             Change::Unchanged
-        }),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            atomic::write_file_owned(path, bytes, FILE_MODE, owner)?;
-            Ok(Change::Created)
-        }
-        Err(source) => Err(Error::Io {
-            op: "inspect",
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// The content of a regular file at `path`, or `None` when nothing is there. Anything but a regular file is an error.
-fn read_existing(path: &Path) -> Result<Option<String>, Error> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => std::fs::read_to_string(path)
-            .map(Some)
-            .map_err(Error::io("read", path)),
-        Ok(meta) => Err(crate::perms::wrong_type(path, "regular file", &meta)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            op: "inspect",
-            path: path.to_owned(),
-            source,
-        }),
+        })
+    } else {
+        dir.write_atomic(name, bytes, FILE_MODE, owner)?;
+        Ok(Change::Created)
     }
 }
 
@@ -421,11 +430,9 @@ fn starter_memory(spec: &ProvisionSpec) -> String {
 
 /// The gateway token of a provisioned user, read from `clawdbot.json` (`gateway.auth.token`).
 pub fn gateway_token(layout: &Layout, user: &UserId) -> Result<Secret, Error> {
-    let path = layout.clawdbot_json(user);
-    let text = read_config(layout, user)?;
-    let config = template::parse(&path, &text)?;
+    let (_, config) = read_config(layout, user)?;
     template::token(&config).ok_or_else(|| Error::ConfigShape {
-        path,
+        path: layout.clawdbot_json(user),
         detail: "`gateway.auth.token` is missing or not a non-empty string".into(),
     })
 }
@@ -438,8 +445,7 @@ pub fn rotate_gateway_token(
     owner: Option<Owner>,
 ) -> Result<Secret, Error> {
     let path = layout.clawdbot_json(user);
-    let text = read_config(layout, user)?;
-    let mut config = template::parse(&path, &text)?;
+    let (dir, mut config) = read_config(layout, user)?;
     let token = Secret::generate();
     let set = |c: &mut serde_json::Value| -> Option<()> {
         let auth = c.get_mut("gateway")?.get_mut("auth")?.as_object_mut()?;
@@ -450,8 +456,8 @@ pub fn rotate_gateway_token(
         path: path.clone(),
         detail: "`gateway.auth` is missing or not an object (re-provision the user)".into(),
     })?;
-    atomic::write_file_owned(
-        &path,
+    dir.write_atomic(
+        "clawdbot.json",
         &template::to_bytes(&path, &config)?,
         FILE_MODE,
         owner,
@@ -460,8 +466,8 @@ pub fn rotate_gateway_token(
     Ok(token)
 }
 
-/// `clawdbot.json` of a provisioned user, or `NotProvisioned` when the user dir is missing.
-fn read_config(layout: &Layout, user: &UserId) -> Result<String, Error> {
+/// The user dir (opened) and its parsed `clawdbot.json`; `NotProvisioned` when the user dir is missing.
+fn read_config(layout: &Layout, user: &UserId) -> Result<(Dir, serde_json::Value), Error> {
     let user_dir = layout.user_dir(user);
     if !crate::layout::is_real_dir(&user_dir) {
         return Err(Error::NotProvisioned {
@@ -469,10 +475,13 @@ fn read_config(layout: &Layout, user: &UserId) -> Result<String, Error> {
             path: user_dir,
         });
     }
+    let dir = Dir::open(&user_dir)?;
     let path = layout.clawdbot_json(user);
-    read_existing(&path)?.ok_or_else(|| Error::Io {
+    let bytes = dir.read("clawdbot.json")?.ok_or_else(|| Error::Io {
         op: "read",
-        path,
+        path: path.clone(),
         source: ErrorKind::NotFound.into(),
-    })
+    })?;
+    let config = template::parse(&path, &String::from_utf8_lossy(&bytes))?;
+    Ok((dir, config))
 }

@@ -783,3 +783,45 @@ fn as_root_each_tenant_owns_its_whole_tree() {
     assert_eq!(std::fs::metadata(&memory).unwrap().uid(), 62001);
     assert_eq!(mode_of(&memory), 0o600);
 }
+
+#[test]
+fn archiving_stores_planted_symlinks_as_links_never_their_targets() {
+    let r = roots();
+    let p = provision(&r.layout, &spec("alice")).unwrap();
+    let outside = r.layout.data_dir.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    provisioning::atomic::write_file(&outside.join("secret.txt"), b"root-only secret", 0o600)
+        .unwrap();
+    let canvas = p.user_dir.join("workspace/canvas");
+    std::fs::remove_dir(&canvas).unwrap();
+    std::os::unix::fs::symlink(&outside, &canvas).unwrap();
+    std::os::unix::fs::symlink(
+        outside.join("secret.txt"),
+        p.user_dir.join("workspace/memory/s.md"),
+    )
+    .unwrap();
+
+    let archive = deprovision(&r.layout, &"alice".parse().unwrap()).unwrap();
+    assert!(
+        outside.join("secret.txt").exists(),
+        "removal never follows links out of the tree"
+    );
+    let restored = restore_archive(&archive, &r.layout.users_dir()).unwrap();
+    let snap = snapshot(&restored);
+    assert_eq!(
+        snap["workspace/canvas"].link.as_deref(),
+        Some(outside.as_path())
+    );
+    assert_eq!(
+        snap["workspace/memory/s.md"].link.as_deref(),
+        Some(outside.join("secret.txt").as_path())
+    );
+    for (path, node) in &snap {
+        if let Some(c) = &node.content {
+            assert!(
+                !String::from_utf8_lossy(c).contains("root-only secret"),
+                "{path} holds the target's content"
+            );
+        }
+    }
+}
