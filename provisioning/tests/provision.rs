@@ -825,3 +825,68 @@ fn archiving_stores_planted_symlinks_as_links_never_their_targets() {
         }
     }
 }
+
+/// Not as root: everything belongs to the caller, and handing the tree to another uid fails cleanly. As root, the
+/// test re-runs itself as `nobody` (a child process: credentials are process-wide) and checks that run passed.
+#[test]
+fn not_as_root_the_caller_owns_everything() {
+    const NAME: &str = "not_as_root_the_caller_owns_everything";
+    if is_root() {
+        use std::os::unix::process::CommandExt as _;
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .uid(65534)
+            .gid(65534)
+            .env("TMPDIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child as nobody failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let me = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let r = roots();
+    let p = provision(&r.layout, &spec("alice")).unwrap();
+    let runtime = r.layout.runtime_user_dir(&"alice".parse().unwrap());
+    for root in [&p.user_dir, &runtime] {
+        for (path, node) in snapshot(root) {
+            assert_eq!((node.uid, node.gid), me, "{}/{path}", root.display());
+        }
+    }
+    let modes: BTreeMap<String, u32> = snapshot(&p.user_dir)
+        .into_iter()
+        .map(|(k, n)| (k, n.mode & 0o7777))
+        .collect();
+    assert_eq!(
+        modes,
+        EXPECTED
+            .iter()
+            .map(|(k, m)| ((*k).to_owned(), *m))
+            .collect()
+    );
+
+    // Another uid needs root: a clear error and nothing left behind.
+    let mut bob = spec("bob");
+    bob.owner = Some(Owner {
+        uid: me.0 + 1,
+        gid: me.1 + 1,
+    });
+    let err = provision(&r.layout, &bob).unwrap_err();
+    assert!(matches!(err, Error::Chown { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("cannot chown "), "{err}");
+    assert!(!r.layout.user_dir(&bob.user).exists());
+    assert!(!r.layout.runtime_user_dir(&bob.user).exists());
+
+    // Removal and restore work without root too.
+    let archive = deprovision(&r.layout, &"alice".parse().unwrap()).unwrap();
+    assert!(!p.user_dir.exists());
+    restore_archive(&archive, &r.layout.users_dir()).unwrap();
+    assert_eq!(snapshot(&p.user_dir).len(), EXPECTED.len());
+}
