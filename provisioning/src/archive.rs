@@ -252,6 +252,7 @@ pub fn restore_archive(archive: &Path, users_dir: &Path) -> Result<PathBuf, Erro
         };
         unpack().map_err(Error::io("unpack archive", archive))?;
         let restored = staging.join(user.as_str());
+        sync_tree(&restored)?;
         std::fs::rename(&restored, &target)
             .map_err(Error::io("rename restored tree into place", &target))?;
         atomic::sync_dir(users_dir)
@@ -262,6 +263,22 @@ pub fn restore_archive(archive: &Path, users_dir: &Path) -> Result<PathBuf, Erro
     result?;
     tracing::info!(user_id = %user, archive = %archive.display(), "restored");
     Ok(target)
+}
+
+/// fsync every regular file and directory below `path` (children first), so a restored tree is durable before it
+/// is renamed into place. Only used on trees this process just unpacked (no tenant can race it).
+fn sync_tree(path: &Path) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(Error::io("inspect", path))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(Error::io("list directory", path))? {
+            sync_tree(&entry.map_err(Error::io("list directory", path))?.path())?;
+        }
+    } else if !meta.is_file() {
+        return Ok(());
+    }
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("fsync", path))
 }
 
 /// Check every entry of an archive is under one `<id>/` and return that id.

@@ -141,8 +141,19 @@ fn first_provision(
         let token = Secret::generate();
         converge_tree(&staging, user_dir, spec, Some(token.clone()))?;
         converge_runtime(layout, spec, &mut runtime_created)?;
-        std::fs::rename(&staging, user_dir)
-            .map_err(Error::io("rename staging tree into place", user_dir))?;
+        // RENAME_NOREPLACE: a plain rename would silently replace an (empty) dir created meanwhile.
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &staging,
+            nix::fcntl::AT_FDCWD,
+            user_dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| Error::Io {
+            op: "rename staging tree into place",
+            path: user_dir.to_owned(),
+            source: e.into(),
+        })?;
         atomic::sync_dir(&layout.users_dir())?;
         Ok(token)
     })();
