@@ -175,7 +175,7 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         Tenancy::CallerOwned
     };
     let layout = Layout::new(config.data_dir.clone(), config.runtime_dir.clone());
-    Ok(App {
+    let app = App {
         config: Arc::new(config),
         registry,
         layout,
@@ -185,7 +185,9 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         _lock: lock,
-    })
+    };
+    crate::users::recover_interrupted_creates(&app)?;
+    Ok(app)
 }
 
 /// Binds the admin socket (0600) and the optional TCP admin listener.

@@ -31,6 +31,9 @@ pub enum Error {
     #[error("user {user} already exists")]
     UserExists { user: UserId },
 
+    #[error("user {user} is still being provisioned; retry when the create has finished")]
+    UserBusy { user: UserId },
+
     #[error("user {user} does not exist")]
     UserNotFound { user: UserId },
 
@@ -129,6 +132,7 @@ impl Error {
                 "method-not-allowed",
                 "Method not allowed",
             ),
+            Error::UserBusy { .. } => (StatusCode::CONFLICT, "user-busy", "User is busy"),
             Error::UserExists { .. } => {
                 (StatusCode::CONFLICT, "user-exists", "User already exists")
             }

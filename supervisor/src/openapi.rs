@@ -95,19 +95,19 @@ pub fn document() -> Value {
                     "requestBody": body("UpdateUser"),
                     "responses": merge(
                         ok("200", "Updated", schema_ref("User")),
-                        merge(problem_responses(&input_errors), problem_responses(&["404", "500", "503"]))
+                        merge(problem_responses(&input_errors), problem_responses(&["404", "409", "500", "503"]))
                     )
                 },
                 "delete": {
                     "operationId": "deleteUser", "summary": "Archive the state directory, then delete it and the user",
-                    "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "500"]))
+                    "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "409", "500"]))
                 }
             },
             "/v1/users/{id}/token": {
                 "parameters": id_param(),
                 "post": {
                     "operationId": "rotateToken", "summary": "Issue a new gateway token; returned once",
-                    "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "500"]))
+                    "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "409", "500"]))
                 }
             }
         },
@@ -142,7 +142,7 @@ pub fn document() -> Value {
                 "required": ["id", "tier", "status", "seq", "created_at", "updated_at"],
                 "properties": {
                     "id": { "type": "string" }, "tier": schema_ref("Tier"),
-                    "status": { "type": "string", "enum": ["active", "suspended"] },
+                    "status": { "type": "string", "enum": ["provisioning", "active", "suspended"] },
                     "uid": { "type": ["integer", "null"] }, "gid": { "type": ["integer", "null"] },
                     "port": { "type": ["integer", "null"] },
                     "email": { "type": ["string", "null"] }, "display_name": { "type": ["string", "null"] },

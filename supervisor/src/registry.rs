@@ -22,7 +22,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE users (
         id           TEXT PRIMARY KEY NOT NULL,
         tier         TEXT NOT NULL CHECK (tier IN ('shared', 'dedicated')),
-        status       TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+        status       TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('provisioning', 'active', 'suspended')),
         uid          INTEGER UNIQUE,
         gid          INTEGER,
         port         INTEGER UNIQUE,
@@ -69,6 +69,9 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UserStatus {
+    /// Row reserved (id, uid, port) while the state directory is being created outside the registry lock. Becomes
+    /// `Active` when provisioning succeeds; removed when it fails; swept at start if the daemon died meanwhile.
+    Provisioning,
     Active,
     Suspended,
 }
@@ -76,6 +79,7 @@ pub enum UserStatus {
 impl UserStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            UserStatus::Provisioning => "provisioning",
             UserStatus::Active => "active",
             UserStatus::Suspended => "suspended",
         }
@@ -250,6 +254,16 @@ impl Registry {
     /// One user by id.
     pub fn user(&self, id: &UserId) -> Result<Option<UserRow>, Error> {
         self.transaction(|tx| tx.user(id))
+    }
+
+    /// Users left in `provisioning` by a daemon that stopped mid-create.
+    pub fn interrupted_creates(&self) -> Result<Vec<UserId>, Error> {
+        Ok(self
+            .users()?
+            .into_iter()
+            .filter(|u| u.status == UserStatus::Provisioning)
+            .map(|u| u.id)
+            .collect())
     }
 
     /// Every user, ordered by id.
@@ -446,7 +460,7 @@ impl Tx<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO users (id, tier, status, uid, gid, port, email, display_name, token_hash, seq, created_at, updated_at)
-                 VALUES (?1, ?2, 'active', ?3, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)",
+                 VALUES (?1, ?2, 'provisioning', ?3, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -507,6 +521,22 @@ impl Tx<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// Marks a user whose state directory is complete as active, storing its token hash.
+    pub fn activate_user(&self, id: &UserId, token_hash: &str) -> Result<UserRow, Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE users SET status = 'active', token_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.as_str(), token_hash, now()],
+            )
+            .map_err(db_err("activate a user"))?;
+        if n == 0 {
+            return Err(Error::UserNotFound { user: id.clone() });
+        }
+        self.user(id)?
+            .ok_or_else(|| Error::UserNotFound { user: id.clone() })
     }
 
     /// Deletes a user; its uid and port become free, its bindings and worker record go with it.
@@ -636,10 +666,10 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
         id: parse_column(r, 0)?,
         tier: parse_column(r, 1)?,
-        status: if r.get::<_, String>(2)? == "suspended" {
-            UserStatus::Suspended
-        } else {
-            UserStatus::Active
+        status: match r.get::<_, String>(2)?.as_str() {
+            "provisioning" => UserStatus::Provisioning,
+            "suspended" => UserStatus::Suspended,
+            _ => UserStatus::Active,
         },
         uid: r.get(3)?,
         gid: r.get(4)?,

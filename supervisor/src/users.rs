@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::daemon::App;
 use crate::error::Error;
-use crate::registry::{NewUser, Outcome, UserRow, token_hash};
+use crate::registry::{NewUser, Outcome, UserRow, UserStatus, token_hash};
 
 /// A checked request to create a member.
 #[derive(Debug, Clone)]
@@ -86,45 +86,87 @@ fn audited<T>(
 
 /// Creates a member: registry row (uid/port allocated) and state directory, or neither. Returns the row and the
 /// gateway token (shown to the caller once).
+///
+/// Three short steps, so that creates of different users provision in parallel (provisioning is fsync-bound): reserve
+/// the row as `provisioning` (id, uid and port taken atomically), provision without holding the registry lock, then
+/// activate the row. A failed provisioning deletes the reserved row; a failed activation also removes the new tree.
 pub fn create(app: &App, actor: &str, req: CreateUser) -> Result<(UserRow, Secret), Error> {
     let id = req.id.clone();
-    let mut created_tree = false;
-    let result = app.registry.transaction(|tx| {
-        let new = NewUser {
-            id: req.id.clone(),
-            tier: req.tier,
-            email: req.email.clone(),
-            display_name: req.display_name.clone(),
-            token_hash: String::new(),
-        };
-        let row = tx.insert_user(&new, app.tenancy.uids(), app.config.ports)?;
-        let provisioned =
-            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
-                Error::Provisioning {
-                    op: "provision the state directory",
-                    user: id.clone(),
-                    source,
-                }
-            })?;
-        created_tree = provisioned.created;
-        let hash = token_hash(&provisioned.gateway_token);
-        tx.set_token_hash(&id, &hash)?;
-        Ok((
-            UserRow {
-                token_hash: hash,
-                ..row
-            },
-            provisioned.gateway_token,
-        ))
-    });
-    if result.is_err() && created_tree {
-        // Provisioning succeeded but the row did not commit: take the new tree away again so disk matches registry.
-        remove_new_tree(app, &id);
-    }
+    let result = create_steps(app, req);
     if let Ok((row, _)) = &result {
         tracing::info!(user_id = %row.id, tier = %row.tier, uid = ?row.uid, port = ?row.port, actor, "user created");
     }
     audited(app, actor, "user.create", &id, result)
+}
+
+fn create_steps(app: &App, req: CreateUser) -> Result<(UserRow, Secret), Error> {
+    let id = req.id.clone();
+    let new = NewUser {
+        id: req.id,
+        tier: req.tier,
+        email: req.email,
+        display_name: req.display_name,
+        token_hash: String::new(),
+    };
+    let reserved = app
+        .registry
+        .transaction(|tx| tx.insert_user(&new, app.tenancy.uids(), app.config.ports))?;
+    let provisioned = match provisioning::provision(&app.layout, &spec_for(&reserved)) {
+        Ok(provisioned) => provisioned,
+        Err(source) => {
+            // provision() removed whatever it created; give the id, uid and port back.
+            forget_reserved(app, &id);
+            return Err(Error::Provisioning {
+                op: "provision the state directory",
+                user: id,
+                source,
+            });
+        }
+    };
+    let hash = token_hash(&provisioned.gateway_token);
+    match app.registry.transaction(|tx| tx.activate_user(&id, &hash)) {
+        Ok(row) => Ok((row, provisioned.gateway_token)),
+        Err(e) => {
+            if provisioned.created {
+                remove_new_tree(app, &id);
+            }
+            forget_reserved(app, &id);
+            Err(e)
+        }
+    }
+}
+
+fn forget_reserved(app: &App, id: &UserId) {
+    if let Err(e) = app.registry.transaction(|tx| tx.delete_user(id)) {
+        tracing::error!(user_id = %id, error = %e.chain(), "cannot delete a reserved row; it is swept at the next start");
+    }
+}
+
+/// Sweeps creates a previous daemon left half-done (rows still `provisioning`): their trees are new and incomplete
+/// by construction, so both tree and row go. Run once at start, before serving.
+pub fn recover_interrupted_creates(app: &App) -> Result<(), Error> {
+    for id in app.registry.interrupted_creates()? {
+        tracing::warn!(user_id = %id, "removing a create interrupted by a daemon stop");
+        remove_new_tree(app, &id);
+        app.registry.transaction(|tx| tx.delete_user(&id))?;
+        app.registry.append_event(
+            "daemon",
+            "user.create.recover",
+            Some(id.as_str()),
+            Outcome::Error,
+            Some("create interrupted by a daemon stop; partial state removed"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Refuses to touch a user whose create is still running (provisioning is serialised per user id).
+fn settled(row: UserRow) -> Result<UserRow, Error> {
+    if row.status == UserStatus::Provisioning {
+        Err(Error::UserBusy { user: row.id })
+    } else {
+        Ok(row)
+    }
 }
 
 fn remove_new_tree(app: &App, id: &UserId) {
@@ -140,9 +182,10 @@ fn remove_new_tree(app: &App, id: &UserId) {
 /// Updates tier, e-mail or display name and re-provisions (idempotent: unchanged values change nothing on disk).
 pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<UserRow, Error> {
     let result = app.registry.transaction(|tx| {
-        let current = tx
-            .user(id)?
-            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
+        let current = settled(
+            tx.user(id)?
+                .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+        )?;
         let tier = patch.tier.unwrap_or(current.tier);
         let email = patch.email.clone().unwrap_or(current.email);
         let display_name = patch.display_name.clone().unwrap_or(current.display_name);
@@ -171,9 +214,10 @@ pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<
 /// Issues a new gateway token (written to `clawdbot.json`, hash to the registry) and returns it once.
 pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error> {
     let result = app.registry.transaction(|tx| {
-        let row = tx
-            .user(id)?
-            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
+        let row = settled(
+            tx.user(id)?
+                .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+        )?;
         let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(&row)).map_err(
             |source| Error::Provisioning {
                 op: "rotate the gateway token",
@@ -194,7 +238,7 @@ pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error
 /// If archiving fails nothing is deleted and the row stays.
 pub fn delete(app: &App, actor: &str, id: &UserId) -> Result<Removed, Error> {
     let result = app.registry.transaction(|tx| {
-        tx.delete_user(id)?;
+        settled(tx.delete_user(id)?)?;
         let archive =
             provisioning::deprovision(&app.layout, id).map_err(|source| Error::Provisioning {
                 op: "archive and remove the state directory",

@@ -4,11 +4,12 @@
 # so the ratio isolates the cost of provisioning (registry transaction + state tree + fsyncs) from HTTP overhead.
 #
 #   tests/bench/provision_1000.sh            # builds the release binary if needed
-#   N=5000 tests/bench/provision_1000.sh     # another count
+#   N=5000 C=32 tests/bench/provision_1000.sh     # another count / concurrency
 # Targets: >= 500 users/s, <= 20 MB peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${N:-1000}"
+C="${C:-16}"   # concurrent clients for the second round (the first round uses 1)
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release --quiet -p supervisor --bin wirebot
 WIREBOT="$TARGET_DIR/release/wirebot"
@@ -30,8 +31,9 @@ grep -q '^wirebot ready' "$WORK/ready" || { echo "daemon not ready:"; cat "$WORK
 SOCKET="$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$WORK/ready")"
 echo "rss after start: $(grep VmRSS /proc/$PID/status | awk '{print $2, $3}')"
 
-python3 - "$SOCKET" "$N" <<'PY'
+python3 - "$SOCKET" "$N" "$C" <<'PY'
 import http.client, json, socket, sys, time
+from concurrent.futures import ThreadPoolExecutor
 
 class UnixConnection(http.client.HTTPConnection):
     def __init__(self, path):
@@ -41,34 +43,45 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(self.path)
 
-path, n = sys.argv[1], int(sys.argv[2])
-conn = UnixConnection(path)
+path, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-def call(method, url, body=None):
+def call(conn, method, url, body=None):
     headers = {"content-type": "application/json"} if body is not None else {}
     conn.request(method, url, body=json.dumps(body) if body is not None else None, headers=headers)
     r = conn.getresponse()
-    data = r.read()
-    return r.status, data
+    return r.status, r.read()
 
-t0 = time.perf_counter()
-for i in range(n):
-    status, _ = call("GET", "/healthz")
-    assert status == 200, status
-base = time.perf_counter() - t0
+def run(make_request, clients):
+    """n requests spread over `clients` keep-alive connections; returns elapsed seconds."""
+    def worker(k):
+        conn = UnixConnection(path)
+        for i in range(k, n, clients):
+            status, data = make_request(conn, i)
+            assert status in (200, 201), (status, data)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return time.perf_counter() - t0
 
-t0 = time.perf_counter()
-for i in range(n):
-    tier = "dedicated" if i % 2 == 0 else "shared"
-    status, data = call("POST", "/v1/users", {"id": f"user-{i:05d}", "tier": tier})
-    assert status == 201, (status, data)
-prov = time.perf_counter() - t0
+def healthz(conn, i):
+    return call(conn, "GET", "/healthz")
 
-status, data = call("GET", "/v1/status")
-assert json.loads(data)["users"]["total"] == n
-print(f"baseline  GET /healthz      : {n} in {base:.3f} s = {n/base:9.0f} req/s ({base/n*1e3:.3f} ms each)")
-print(f"provision POST /v1/users    : {n} in {prov:.3f} s = {n/prov:9.0f} users/s ({prov/n*1e3:.3f} ms each)")
-print(f"ratio provision/healthz time: {prov/base:.1f}x")
+def create(prefix):
+    def make(conn, i):
+        tier = "dedicated" if i % 2 == 0 else "shared"
+        return call(conn, "POST", "/v1/users", {"id": f"{prefix}-{i:05d}", "tier": tier})
+    return make
+
+rows = []
+for clients in (1, c):
+    base = run(healthz, clients)
+    prov = run(create(f"c{clients}"), clients)
+    rows.append((clients, base, prov))
+status, data = call(UnixConnection(path), "GET", "/v1/status")
+assert json.loads(data)["users"]["total"] == 2 * n, data
+for clients, base, prov in rows:
+    print(f"clients={clients:<3} baseline GET /healthz: {n/base:8.0f} req/s ({base/n*1e3:.3f} ms each)   "
+          f"POST /v1/users: {n/prov:7.0f} users/s ({prov/n*1e3:.3f} ms each)   ratio {prov/base:.1f}x")
 PY
 echo "daemon peak RSS (VmHWM): $(grep VmHWM /proc/$PID/status | awk '{print $2, $3}')"
-echo "users on disk: $(ls "$WORK/data/users" | grep -vc '^\.' )"
+echo "users on disk: $(find "$WORK/data/users" -mindepth 1 -maxdepth 1 -not -name '.*' | wc -l)"
