@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::proxy::ProxyConfig;
+
 /// The documented default config, also the reference the `templates_match_the_embedded_default` test checks.
 pub const TEMPLATE: &str = include_str!("../../templates/wirebot.toml");
 
@@ -119,7 +121,7 @@ macro_rules! integer_from_toml {
         }
     )*};
 }
-integer_from_toml!(u16, u32, u64);
+integer_from_toml!(u16, u32, u64, usize);
 
 fn string_value<'v>(
     key: &str,
@@ -298,16 +300,25 @@ section! {
 }
 
 section! {
-    /// `[proxy]`
+    /// `[proxy]`: exactly the fields of `crate::proxy::ProxyConfig` (which documents each one and owns its defaults).
     pub struct ProxyFile {
         listen: SocketAddr,
         connect_timeout_ms: u64,
         header_timeout_ms: u64,
+        response_timeout_ms: u64,
         ws_idle_timeout_s: u64,
-        max_connections: u32,
+        max_connections: usize,
         per_member_max_connections: u32,
         per_member_rps: u32,
+        per_member_burst: u32,
         idle_stop_s: u64,
+        idle_check_interval_s: u64,
+        cron_wake_lead_s: u64,
+        start_timeout_ms: u64,
+        max_header_bytes: usize,
+        max_body_bytes: u64,
+        max_idle_per_upstream: usize,
+        drain_timeout_s: u64,
     }
 }
 
@@ -411,7 +422,7 @@ pub enum Runtime {
 }
 
 /// The typed, checked configuration. Immutable once built; the daemon shares it behind an `Arc`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Root of persistent state: `wirebot.db`, `users/`, `archive/`, `logs/`.
     pub data_dir: PathBuf,
@@ -461,21 +472,6 @@ impl PortRange {
     pub fn slots(&self) -> u32 {
         (u32::from(self.last) - u32::from(self.first)) / u32::from(self.spacing) + 1
     }
-}
-
-/// The member-facing reverse proxy (used by the proxy issue).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    pub listen: SocketAddr,
-    pub connect_timeout: Duration,
-    pub header_timeout: Duration,
-    pub ws_idle_timeout: Duration,
-    pub max_connections: u32,
-    pub per_member_max_connections: u32,
-    /// Requests per second per member; 0 = unlimited.
-    pub per_member_rps: u32,
-    /// Stop an idle dedicated worker after this long; `None` (0 in the file) = never.
-    pub idle_stop: Option<Duration>,
 }
 
 /// Resource limits and runtime of each tier's workers.
@@ -680,32 +676,7 @@ impl Config {
             );
         }
 
-        let proxy = file.proxy.unwrap_or_default();
-        let proxy = ProxyConfig {
-            listen: proxy
-                .listen
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-            connect_timeout: Duration::from_millis(proxy.connect_timeout_ms.unwrap_or(2_000)),
-            header_timeout: Duration::from_millis(proxy.header_timeout_ms.unwrap_or(10_000)),
-            ws_idle_timeout: Duration::from_secs(proxy.ws_idle_timeout_s.unwrap_or(300)),
-            max_connections: proxy.max_connections.unwrap_or(16_000),
-            per_member_max_connections: proxy.per_member_max_connections.unwrap_or(256),
-            per_member_rps: proxy.per_member_rps.unwrap_or(0),
-            idle_stop: match proxy.idle_stop_s.unwrap_or(0) {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
-            },
-        };
-        if proxy.max_connections == 0 {
-            push(errors, "proxy.max_connections", "must be at least 1");
-        }
-        if proxy.per_member_max_connections == 0 {
-            push(
-                errors,
-                "proxy.per_member_max_connections",
-                "must be at least 1",
-            );
-        }
+        let proxy = proxy_config(file.proxy.unwrap_or_default(), errors);
 
         let tiers = file.tiers.unwrap_or_default();
         let shared_default = TierLimits {
@@ -771,6 +742,43 @@ impl Config {
             webhooks,
         }
     }
+}
+
+/// Overlays the `[proxy]` keys on the proxy's own defaults and runs its own validation (problems reported under
+/// the `proxy` key).
+fn proxy_config(file: ProxyFile, errors: &mut Vec<ConfigError>) -> ProxyConfig {
+    let d = ProxyConfig::default();
+    let config = ProxyConfig {
+        listen: file.listen.unwrap_or(d.listen),
+        connect_timeout_ms: file.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
+        header_timeout_ms: file.header_timeout_ms.unwrap_or(d.header_timeout_ms),
+        response_timeout_ms: file.response_timeout_ms.unwrap_or(d.response_timeout_ms),
+        ws_idle_timeout_s: file.ws_idle_timeout_s.unwrap_or(d.ws_idle_timeout_s),
+        max_connections: file.max_connections.unwrap_or(d.max_connections),
+        per_member_max_connections: file
+            .per_member_max_connections
+            .unwrap_or(d.per_member_max_connections),
+        per_member_rps: file.per_member_rps.unwrap_or(d.per_member_rps),
+        per_member_burst: file.per_member_burst.unwrap_or(d.per_member_burst),
+        idle_stop_s: file.idle_stop_s.unwrap_or(d.idle_stop_s),
+        idle_check_interval_s: file
+            .idle_check_interval_s
+            .unwrap_or(d.idle_check_interval_s),
+        cron_wake_lead_s: file.cron_wake_lead_s.unwrap_or(d.cron_wake_lead_s),
+        start_timeout_ms: file.start_timeout_ms.unwrap_or(d.start_timeout_ms),
+        max_header_bytes: file.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_idle_per_upstream: file
+            .max_idle_per_upstream
+            .unwrap_or(d.max_idle_per_upstream),
+        drain_timeout_s: file.drain_timeout_s.unwrap_or(d.drain_timeout_s),
+    };
+    if let Err(crate::proxy::Error::InvalidConfig { problems }) = config.validate() {
+        for problem in problems {
+            push(errors, "proxy", problem);
+        }
+    }
+    config
 }
 
 fn tier_limits(

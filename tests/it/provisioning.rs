@@ -326,3 +326,36 @@ fn removal_archives_first_and_the_archive_restores_byte_for_byte() {
         None
     );
 }
+
+#[test]
+fn a_create_interrupted_by_a_daemon_crash_is_swept_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sup = Supervisor::start(&dir);
+    sup.cli(["user", "add", "kept", "--tier", "shared"]).ok();
+    sup.kill9();
+
+    // What a crash between "row reserved" and "row activated" leaves: a `provisioning` row and a partial tree.
+    let db = rusqlite::Connection::open(dir.path().join("data/wirebot.db")).unwrap();
+    db.execute(
+        "INSERT INTO users (id, tier, status, token_hash, created_at, updated_at)
+         VALUES ('half', 'dedicated', 'provisioning', '', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    std::fs::create_dir_all(dir.path().join("data/users/half/workspace")).unwrap();
+    std::fs::create_dir_all(dir.path().join("run/users/half")).unwrap();
+
+    let sup = Supervisor::start(&dir);
+    assert!(!sup.user_dir("half").exists(), "partial tree left behind");
+    assert!(!sup.runtime_dir().join("users/half").exists());
+    assert_eq!(sup.registry_users(), vec![("kept".into(), "shared".into())]);
+    let (actor, outcome): (String, String) = sup
+        .registry()
+        .query_row("SELECT actor, outcome FROM events WHERE action = 'user.create.recover' AND user_id = 'half'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((actor.as_str(), outcome.as_str()), ("daemon", "error"));
+    sup.cli(["user", "add", "half", "--tier", "dedicated"]).ok();
+}

@@ -647,9 +647,18 @@ pub fn http_exchange<S: std::io::Read + std::io::Write>(
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    stream.flush().unwrap();
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // A server may answer (and close) before reading a body it does not need: that is not a client error.
+    match stream.write_all(&bytes).and_then(|()| stream.flush()) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(e) => panic!("cannot send the request: {e}"),
+    }
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     parse_response(&raw)
