@@ -442,3 +442,50 @@ fn the_tcp_admin_listener_requires_the_bearer_token() {
         failure.stderr
     );
 }
+
+#[test]
+fn parallel_creates_get_distinct_uids_and_ports_and_duplicates_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(&dir);
+    // 24 distinct users and, racing them, a second create of each of the first 8 ids.
+    let statuses: Vec<(String, u16)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let sup = &sup;
+                scope.spawn(move || {
+                    let id = format!("p{:02}", i % 24);
+                    let body =
+                        json!({"id": id, "tier": if i % 2 == 0 { "dedicated" } else { "shared" }});
+                    (id, sup.api("POST", "/v1/users", Some(&body)).status)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|(_, s)| *s == 201).count();
+    let conflicts = statuses.iter().filter(|(_, s)| *s == 409).count();
+    assert_eq!((created, conflicts), (24, 8), "{statuses:?}");
+
+    let users = sup.api("GET", "/v1/users", None).ok_json();
+    let users = users.as_array().unwrap();
+    assert_eq!(users.len(), 24);
+    assert!(users.iter().all(|u| u["status"] == "active"), "{users:?}");
+    let mut ports: Vec<u64> = users.iter().filter_map(|u| u["port"].as_u64()).collect();
+    let before = ports.len();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), before, "two dedicated users share a port");
+    if tests::is_root() {
+        let mut uids: Vec<u64> = users.iter().map(|u| u["uid"].as_u64().unwrap()).collect();
+        uids.sort_unstable();
+        uids.dedup();
+        assert_eq!(uids.len(), 24, "two users share a uid");
+    }
+    for u in users {
+        assert!(
+            sup.user_dir(u["id"].as_str().unwrap())
+                .join("clawdbot.json")
+                .is_file()
+        );
+    }
+}
