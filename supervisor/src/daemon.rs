@@ -74,7 +74,9 @@ pub struct App {
     pub tasks: TaskTracker,
     // PLUG (issue 4, lifecycle): `pub workers: crate::lifecycle::Manager` — created in `prepare` from `registry` and
     // `config.lifecycle`; admin handlers call it after `users::create`/`delete` (ensure running / stop first).
-    // PLUG (issue 5, proxy): `pub routes: crate::proxy::Routes` — rebuilt from `registry.bindings()` on user changes.
+    // PLUG (issue 5, proxy): `pub routes: Arc<crate::proxy::RouteTableHandle>` (+ `Arc<ProxyMetrics>`) — built in
+    // `prepare` with `RouteTableHandle::for_config(specs, &config.proxy)` from `registry.users()`/`bindings()`;
+    // admin handlers call `routes.replace(..)` after users::create/update/delete.
     /// Holds the exclusive lock on `<data_dir>/wirebot.lock` for the daemon's lifetime.
     _lock: Flock<File>,
 }
@@ -307,7 +309,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
             }
         });
     }
-    // PLUG (issue 5, proxy): `app.tasks.spawn(crate::proxy::run(app.clone(), listeners.proxy, app.shutdown.clone()))`.
+    // PLUG (issue 5, proxy): `app.tasks.spawn(crate::proxy::run(listeners.proxy, app.routes.clone(),
+    // app.config.proxy.clone(), wake_tx, metrics, app.shutdown.clone()))`; add `proxy=<addr>` to `ready_line`.
 
     if let Some(period) = sd_notify::watchdog_enabled() {
         let shutdown = app.shutdown.clone();
