@@ -1,7 +1,8 @@
 //! Benchmark: provisioning N users (fresh, then idempotent re-runs) against a baseline that copies the same tree
 //! with plain `std::fs` (no fsync, no checks), all measured in the same run. Prints users/s and the ratios.
 //!
-//! Run: `cargo bench -p provisioning --bench provision` (`BENCH_USERS=1000` to change N; `BENCH_DIR` for the fs).
+//! Run: `cargo bench -p provisioning --bench provision` (`BENCH_USERS=1000` to change N; `BENCH_DIR` for the data
+//! fs, default the temp dir; `BENCH_RUNTIME=/dev/shm` puts the runtime dir on a tmpfs as in production).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -23,20 +24,27 @@ fn spec(i: usize) -> ProvisionSpec {
     }
 }
 
-/// Plain recursive copy with modes: what "make the tree" costs without atomicity, fsync or validation.
-fn copy_tree(from: &Path, to: &Path) {
+/// Plain recursive copy with modes: what "make the tree" costs without atomicity, fsync or validation. With
+/// `durable`, every file and directory is fsynced after it is written (what durability alone costs).
+fn copy_tree(from: &Path, to: &Path, durable: bool) {
     std::fs::create_dir(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         if entry.file_type().unwrap().is_dir() {
-            copy_tree(&src, &dst);
+            copy_tree(&src, &dst, durable);
         } else {
             std::fs::copy(&src, &dst).unwrap();
+            if durable {
+                std::fs::File::open(&dst).unwrap().sync_all().unwrap();
+            }
         }
     }
     let mode = std::fs::metadata(from).unwrap().permissions().mode();
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).unwrap();
+    if durable {
+        std::fs::File::open(to).unwrap().sync_all().unwrap();
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -50,7 +58,15 @@ fn main() {
         .unwrap_or(500);
     let base = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let tmp = tempfile::tempdir_in(&base).unwrap();
-    let layout = Layout::new(tmp.path().join("data"), tmp.path().join("run"));
+    // Production keeps the runtime dir on a tmpfs (/run/wirebot): BENCH_RUNTIME=/dev/shm mirrors that.
+    let runtime_base = std::env::var_os("BENCH_RUNTIME").map(std::path::PathBuf::from);
+    let runtime_tmp = runtime_base
+        .as_ref()
+        .map(|b| tempfile::tempdir_in(b).unwrap());
+    let runtime = runtime_tmp
+        .as_ref()
+        .map_or_else(|| tmp.path().join("run"), |t| t.path().join("run"));
+    let layout = Layout::new(tmp.path().join("data"), runtime);
 
     // Baseline source: one provisioned tree.
     let template = provision(&layout, &spec(99_999)).unwrap().user_dir;
@@ -58,9 +74,14 @@ fn main() {
     std::fs::create_dir(&copies).unwrap();
     let t = Instant::now();
     for i in 0..n {
-        copy_tree(&template, &copies.join(format!("user-{i:05}")));
+        copy_tree(&template, &copies.join(format!("user-{i:05}")), false);
     }
     let baseline = t.elapsed();
+    let t = Instant::now();
+    for i in 0..n {
+        copy_tree(&template, &copies.join(format!("durable-{i:05}")), true);
+    }
+    let durable = t.elapsed();
 
     let t = Instant::now();
     for i in 0..n {
@@ -96,25 +117,34 @@ fn main() {
     }
     let removed = t.elapsed();
 
-    println!("provisioning benchmark: {n} users in {}", base.display());
+    println!(
+        "provisioning benchmark: {n} users, data in {}, runtime in {}",
+        base.display(),
+        layout.runtime_dir.display()
+    );
     println!(
         "  baseline std::fs copy   {:>9.0} users/s  ({:?})",
         rate(n, baseline),
         baseline
     );
     println!(
-        "  provision (fresh)       {:>9.0} users/s  ({:?})  {:.1}x the baseline's time",
+        "  baseline + fsync each  {:>9.0} users/s  ({:?})",
+        rate(n, durable),
+        durable
+    );
+    println!(
+        "  provision (fresh)       {:>9.0} users/s  ({:?})  {:.2}x the baseline's time",
         rate(n, fresh),
         fresh,
         fresh.as_secs_f64() / baseline.as_secs_f64()
     );
     println!(
-        "  provision (fresh, {threads} threads) {:>9.0} users/s  ({:?})",
+        "  provision ({threads} threads)  {:>9.0} users/s  ({:?})",
         rate(n, parallel),
         parallel
     );
     println!(
-        "  provision (idempotent)  {:>9.0} users/s  ({:?})  {:.1}x the baseline's time",
+        "  provision (idempotent)  {:>9.0} users/s  ({:?})  {:.2}x the baseline's time",
         rate(n, again),
         again,
         again.as_secs_f64() / baseline.as_secs_f64()
