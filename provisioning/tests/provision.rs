@@ -890,3 +890,54 @@ fn not_as_root_the_caller_owns_everything() {
     restore_archive(&archive, &r.layout.users_dir()).unwrap();
     assert_eq!(snapshot(&p.user_dir).len(), EXPECTED.len());
 }
+
+#[test]
+fn a_planted_fifo_is_refused_without_hanging() {
+    let r = roots();
+    let p = provision(&r.layout, &spec("alice")).unwrap();
+    let memory = p.user_dir.join("workspace/MEMORY.md");
+    std::fs::remove_file(&memory).unwrap();
+    nix::unistd::mkfifo(&memory, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = provision(&r.layout, &spec("alice")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{} must be a regular file, found a FIFO", memory.display())
+    );
+    let config = p.user_dir.join("clawdbot.json");
+    std::fs::remove_file(&memory).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = gateway_token(&r.layout, &"alice".parse().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{} must be a regular file, found a FIFO", config.display())
+    );
+}
+
+#[test]
+fn layout_paths_follow_the_design() {
+    let layout = Layout::new("/data/wirebot", "/run/wirebot");
+    let alice: UserId = "alice".parse().unwrap();
+    assert_eq!(layout.users_dir(), Path::new("/data/wirebot/users"));
+    assert_eq!(
+        layout.user_dir(&alice),
+        Path::new("/data/wirebot/users/alice")
+    );
+    assert_eq!(
+        layout.clawdbot_json(&alice),
+        Path::new("/data/wirebot/users/alice/clawdbot.json")
+    );
+    assert_eq!(
+        layout.workspace_dir(&alice),
+        Path::new("/data/wirebot/users/alice/workspace")
+    );
+    assert_eq!(
+        layout.runtime_user_dir(&alice),
+        Path::new("/run/wirebot/users/alice")
+    );
+    assert_eq!(
+        layout.gateway_env(&alice),
+        Path::new("/run/wirebot/users/alice/gateway.env")
+    );
+    assert_eq!(layout.archive_dir(), Path::new("/data/wirebot/archive"));
+}
