@@ -1,4 +1,5 @@
-//! Modes and owners: make an existing path a real dir/file with an exact mode and owner, never following symlinks.
+//! Modes and owners: `Owner`, exact mode/owner fixes through an open fd, and `ensure_dir` for the root-owned dirs
+//! above tenant trees (`users/`, `archive/`, staging). Inside a tenant tree use `Dir` (fd-relative) instead.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{
