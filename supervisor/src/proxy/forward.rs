@@ -497,7 +497,7 @@ fn strip_token_cookie(headers: &mut HeaderMap) {
 /// A browser that opened `/u/<id>/?token=…` gets the token as an HttpOnly cookie scoped to that prefix, so the
 /// page's assets and its WebSocket reach the same worker without the token in every URL.
 fn set_token_cookie(headers: &mut HeaderMap, token: &str, prefix: Option<&str>) {
-    let path = prefix.map_or("/", |p| p);
+    let path = prefix.unwrap_or("");
     let cookie = format!("{TOKEN_COOKIE}={token}; Path={path}/; HttpOnly; SameSite=Lax");
     if let Ok(mut v) = HeaderValue::from_str(&cookie) {
         v.set_sensitive(true);
