@@ -131,6 +131,27 @@ fn unit_declares_notify_watchdog_restart_policy_and_minimal_caps() {
             "{cap} has no comment saying why the daemon needs it"
         );
     }
+    // The unit's writable and runtime paths are the ones the production config uses.
+    let config = read("deploy/wirebot.toml");
+    let data_dir = toml_value(&config, None, "data_dir");
+    let writable: Vec<&str> = setting(&s, "ReadWritePaths")
+        .split_whitespace()
+        .map(|p| p.trim_start_matches('-'))
+        .collect();
+    assert!(
+        writable.contains(&data_dir.as_str()),
+        "ReadWritePaths {writable:?} lacks data_dir {data_dir}"
+    );
+    let runtime_dir = toml_value(&config, None, "runtime_dir");
+    assert_eq!(
+        runtime_dir,
+        format!("/run/{}", setting(&s, "RuntimeDirectory"))
+    );
+    assert_eq!(
+        toml_value(&config, Some("admin"), "socket"),
+        format!("{runtime_dir}/admin.sock")
+    );
+
     // The drain must fit in the stop timeout.
     let stop: u64 = setting(&s, "TimeoutStopSec").parse().unwrap();
     let drain_ms: u64 = toml_value(&read("deploy/wirebot.toml"), None, "drain_timeout_ms")
