@@ -989,3 +989,297 @@ async fn wordpress_users_reach_the_receiver_and_converge_after_an_outage() {
         .unwrap();
     assert_eq!((desired.status, seq), (webhook::Status::Deleted, 2));
 }
+
+/// Installs WordPress delivering to `receiver` (which accepts `secrets` for the site), or prints why it must skip.
+async fn wordpress_for(
+    receiver: &Receiver,
+    plugin_secret: &str,
+    accepted: &[&str],
+    test: &str,
+) -> Option<tests::wordpress::WordPress> {
+    if let Err(reason) = tests::wordpress::prepared() {
+        eprintln!("SKIP {test}: {reason}");
+        return None;
+    }
+    let wp = tests::wordpress::WordPress::install(&receiver.url(), plugin_secret).unwrap();
+    receiver.state.set_sites(site_secrets(&wp.url, accepted));
+    Some(wp)
+}
+
+fn site_secrets(url: &str, secrets: &[&str]) -> Vec<webhook::SiteSecrets> {
+    let list: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+    let text = format!(
+        "[[sites]]\nurl = \"{url}\"\nsecrets = [{}]\n",
+        list.join(", ")
+    );
+    webhook::secrets::parse_secrets(&text, Path::new("test.toml")).unwrap()
+}
+
+/// The newest outbox row of a type.
+fn newest(wp: &tests::wordpress::WordPress, kind: &str) -> Value {
+    wp.outbox()
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|r| text(r, "type") == kind)
+        .unwrap_or_else(|| panic!("no {kind} row"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wordpress_plugin_signs_classifies_and_rotates_per_the_contract() {
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    let Some(wp) = wordpress_for(
+        &receiver,
+        SECRET,
+        &[SECRET],
+        "wordpress_plugin_signs_classifies_and_rotates_per_the_contract",
+    )
+    .await
+    else {
+        return;
+    };
+    // The PHP signer reproduces the contract's test vector; event ids are evt_ + a 26-character ULID.
+    let php_sig = wp
+        .php(r#"echo wirebot_signature('whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD', 'msg_27UH4WbU6Z5A5EzD8u03UvzRbpk', 1649367553, '{"email":"test@example.com","username":"test_user"}');"#)
+        .unwrap();
+    assert_eq!(php_sig, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+    let id = wp.php("echo wirebot_event_id();").unwrap();
+    assert!(
+        id.len() == 30
+            && id.starts_with("evt_")
+            && id[4..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+        "{id}"
+    );
+    // §5 classification, one answer per status code.
+    let classes = wp
+        .php("foreach ([200,202,204,301,302,400,401,403,404,408,409,410,413,415,422,425,429,500,502,503,504] as $c) echo $c, '=', wirebot_classify($c), ' ';")
+        .unwrap();
+    assert_eq!(
+        classes.trim(),
+        "200=done 202=done 204=done 301=retry 302=retry 400=dead 401=dead 403=dead 404=dead 408=retry 409=dead 410=disable \
+         413=dead 415=dead 422=dead 425=retry 429=retry 500=retry 502=retry 503=retry 504=retry"
+    );
+
+    // A 401 (the supervisor does not know the plugin's secret) is a dead letter with an admin notice, not a retry.
+    receiver
+        .state
+        .set_sites(site_secrets(&wp.url, &[NEW_SECRET]));
+    let carol: u64 = wp
+        .php("echo wp_create_user('carol', 'pw-carol', 'carol@example.com');")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wp.run_cron().unwrap();
+    let row = newest(&wp, "member.created");
+    assert_eq!(
+        (text(&row, "status"), text(&row, "last_code")),
+        ("dead".into(), "401".into()),
+        "{row}"
+    );
+    assert!(
+        text(&row, "last_error").starts_with("invalid_signature"),
+        "{row}"
+    );
+    assert_eq!(wp.php("echo wirebot_outbox_dead_count();").unwrap(), "1");
+    let notice = wp
+        .php("wp_set_current_user(1); do_action('admin_notices');")
+        .unwrap();
+    assert!(
+        notice.contains("1 event could not be delivered"),
+        "{notice}"
+    );
+    // The operator fixes the secret and replays: same id, same body, delivered.
+    receiver.state.set_sites(site_secrets(&wp.url, &[SECRET]));
+    let carol_id = text(&row, "event_id");
+    assert_eq!(
+        wp.php(&format!("var_export(wirebot_outbox_replay('{carol_id}'));"))
+            .unwrap(),
+        "true"
+    );
+    wp.run_cron().unwrap();
+    let row = newest(&wp, "member.created");
+    assert_eq!(
+        (
+            text(&row, "event_id"),
+            text(&row, "status"),
+            text(&row, "last_code")
+        ),
+        (carol_id, "delivered".into(), "202".into())
+    );
+    assert_eq!(
+        receiver.next_request().user_id.as_str(),
+        format!("wp{carol}")
+    );
+
+    // Rotation: the plugin dual-signs; the supervisor first knows only the old secret, then only the new one.
+    let new_secret = wp.php("echo wirebot_rotate_secret(7);").unwrap();
+    assert!(new_secret.starts_with("whsec_") && new_secret != SECRET);
+    let update =
+        |name: &str| format!("wp_update_user(['ID' => {carol}, 'display_name' => '{name}']);");
+    wp.php(&update("Carol One")).unwrap();
+    wp.run_cron().unwrap();
+    assert_eq!(text(&newest(&wp, "member.updated"), "last_code"), "202");
+    receiver
+        .state
+        .set_sites(site_secrets(&wp.url, &[&new_secret]));
+    wp.php(&update("Carol Two")).unwrap();
+    wp.run_cron().unwrap();
+    assert_eq!(text(&newest(&wp, "member.updated"), "last_code"), "202");
+    wp.php("wirebot_finish_rotation();").unwrap();
+    wp.php(&update("Carol Three")).unwrap();
+    wp.run_cron().unwrap();
+    let row = newest(&wp, "member.updated");
+    assert_eq!(
+        (text(&row, "status"), text(&row, "seq")),
+        ("delivered".into(), "4".into()),
+        "{row}"
+    );
+
+    // 503 with Retry-After while the supervisor shuts down: kept for a retry no sooner than Retry-After.
+    receiver.shutdown.cancel();
+    wp.php(&update("Carol Four")).unwrap();
+    wp.run_cron().unwrap();
+    let row = newest(&wp, "member.updated");
+    assert_eq!(
+        (text(&row, "status"), text(&row, "last_code")),
+        ("pending".into(), "503".into()),
+        "{row}"
+    );
+    let wait: i64 = wp
+        .php(&format!(
+            "global $wpdb; echo $wpdb->get_var(\"SELECT next_at - updated_at FROM {{$wpdb->prefix}}wirebot_outbox WHERE event_id = '{}'\");",
+            text(&row, "event_id")
+        ))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 5, "Retry-After 5 ignored: next attempt in {wait} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wordpress_memberpress_and_buddyboss_events_drive_tier_and_status() {
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    let test = "wordpress_memberpress_and_buddyboss_events_drive_tier_and_status";
+    let Some(wp) = wordpress_for(&receiver, SECRET, &[SECRET], test).await else {
+        return;
+    };
+    wp.php("update_option('wirebot_tier_map', [15 => 'dedicated', 16 => 'shared']); update_option('wirebot_default_tier', 'none');").unwrap();
+    let dan: u64 = wp
+        .php("echo wp_create_user('dan', 'pw-dan', 'dan@example.com');")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wp.run_cron().unwrap();
+    let desired = |receiver: &Receiver| {
+        receiver
+            .store
+            .desired(&format!("wp{dan}").parse().unwrap())
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        desired(&receiver).0,
+        webhook::DesiredState {
+            status: webhook::Status::Active,
+            tier: webhook::Tier::None
+        }
+    );
+    receiver.next_request();
+
+    // Buying membership 16 (shared) then 15 (dedicated): the highest active one wins.
+    let mepr = |memberships: &str, action: &str, product: u32, event: u32| {
+        wp.php(&format!(
+            "wirebot_test_mepr({dan}, [{memberships}], '{action}', {product}, {event});"
+        ))
+        .unwrap();
+        wp.run_cron().unwrap();
+    };
+    mepr("16", "mepr-event-transaction-completed", 16, 1);
+    assert_eq!(desired(&receiver).0.tier, webhook::Tier::Shared);
+    mepr("16, 15", "mepr-event-transaction-completed", 15, 2);
+    let body: Value = serde_json::from_str(&wp.php("wirebot_test_last_body();").unwrap()).unwrap();
+    assert_eq!(body["type"], "member.tier_changed");
+    assert_eq!(
+        body["data"]["previous"],
+        json!({"status": "active", "tier": "shared"})
+    );
+    assert_eq!(body["data"]["cause"]["mepr_event_id"], 2);
+    assert_eq!(desired(&receiver).0.tier, webhook::Tier::Dedicated);
+    // A cancellation changes nothing (access lasts until the period ends).
+    let rows_before = wp.outbox().unwrap().len();
+    mepr("16, 15", "mepr-event-subscription-stopped", 15, 3);
+    assert_eq!(wp.outbox().unwrap().len(), rows_before);
+    // 15 expires: back to shared; then 16 expires too: suspended, reason expired.
+    mepr("16", "mepr-event-subscription-expired", 15, 4);
+    assert_eq!(
+        desired(&receiver).0,
+        webhook::DesiredState {
+            status: webhook::Status::Active,
+            tier: webhook::Tier::Shared
+        }
+    );
+    mepr("", "mepr-event-subscription-expired", 16, 5);
+    let body: Value = serde_json::from_str(&wp.php("wirebot_test_last_body();").unwrap()).unwrap();
+    assert_eq!(
+        (
+            body["type"].as_str(),
+            body["data"]["cause"]["reason"].as_str()
+        ),
+        (Some("member.suspended"), Some("expired"))
+    );
+    assert_eq!(desired(&receiver).0.status, webhook::Status::Suspended);
+    // Paying again reactivates.
+    mepr("15", "mepr-account-is-active", 15, 6);
+    assert_eq!(
+        desired(&receiver).0,
+        webhook::DesiredState {
+            status: webhook::Status::Active,
+            tier: webhook::Tier::Dedicated
+        }
+    );
+    // BuddyBoss moderation suspends and unsuspends.
+    wp.php(&format!("do_action('bp_suspend_user_suspended', {dan});"))
+        .unwrap();
+    wp.run_cron().unwrap();
+    let body: Value = serde_json::from_str(&wp.php("wirebot_test_last_body();").unwrap()).unwrap();
+    assert_eq!(body["data"]["cause"]["reason"], "moderation");
+    assert_eq!(desired(&receiver).0.status, webhook::Status::Suspended);
+    wp.php(&format!("do_action('bp_suspend_user_unsuspended', {dan});"))
+        .unwrap();
+    wp.run_cron().unwrap();
+    assert_eq!(newest(&wp, "member.reactivated")["status"], "delivered");
+    let (state, seq) = desired(&receiver);
+    assert_eq!((state.status, seq), (webhook::Status::Active, 8));
+
+    // A full resync reports every user at their current seq: dan is stale for the supervisor, while the admin (created
+    // before the plugin was active, so never announced) is new: the sweep repairs what events missed.
+    wp.php("wirebot_enqueue_full_sync();").unwrap();
+    wp.run_cron().unwrap();
+    let row = newest(&wp, "members.sync");
+    assert_eq!(
+        (text(&row, "status"), text(&row, "last_code")),
+        ("delivered".into(), "202".into()),
+        "{row}"
+    );
+    assert_eq!(desired(&receiver).1, 8);
+    let admin = receiver
+        .store
+        .desired(&"wp1".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        admin,
+        (
+            webhook::DesiredState {
+                status: webhook::Status::Active,
+                tier: webhook::Tier::None
+            },
+            1
+        )
+    );
+    while receiver.reconcile.try_recv().is_ok() {}
+}
