@@ -5,8 +5,17 @@ use std::fmt;
 use base64::Engine as _;
 
 /// A secret string (gateway token, provider API key). `Debug` prints `Secret(***)`; read it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
+/// `==` runs in time independent of where the bytes differ (only the length can leak), so comparing a presented
+/// token with `==` is safe.
+#[derive(Clone, Eq)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
 
 impl Secret {
     /// 32 bytes from the thread CSPRNG (seeded by the OS), base64url without padding (43 characters).
@@ -60,5 +69,14 @@ mod tests {
             .decode(a.expose())
             .unwrap();
         assert_eq!(raw.len(), 32);
+    }
+
+    #[test]
+    fn equality_compares_the_whole_value() {
+        let s = |v: &str| Secret::from(v.to_owned());
+        assert_eq!(s("abc"), s("abc"));
+        assert_ne!(s("abc"), s("abd"));
+        assert_ne!(s("abc"), s("ab"));
+        assert_ne!(s(""), s("a"));
     }
 }
