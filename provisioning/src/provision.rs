@@ -236,7 +236,10 @@ fn converge_tree(
         Some(parsed) => parsed.clone(),
         None => template::template()?,
     };
+    // Clawdbot resolves a relative workspace against the worker's cwd: always write an absolute path.
     let workspace = final_dir.join("workspace");
+    let workspace =
+        std::path::absolute(&workspace).map_err(Error::io("make absolute", &workspace))?;
     template::apply(
         &config_path,
         &mut config,

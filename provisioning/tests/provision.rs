@@ -941,3 +941,25 @@ fn layout_paths_follow_the_design() {
     );
     assert_eq!(layout.archive_dir(), Path::new("/data/wirebot/archive"));
 }
+
+#[test]
+fn a_relative_data_dir_still_gets_an_absolute_workspace() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A path relative to the current dir that points into the temp dir (cwd is not changed: tests share it).
+    let cwd = std::env::current_dir().unwrap();
+    let relative: PathBuf = std::iter::repeat_n("..", cwd.components().count())
+        .collect::<PathBuf>()
+        .join(tmp.path().strip_prefix("/").unwrap());
+    let layout = Layout::new(relative.join("data"), relative.join("run"));
+    let p = provision(&layout, &spec("alice")).unwrap();
+    let config = json(&p.user_dir.join("clawdbot.json"));
+    let workspace = PathBuf::from(config["agents"]["defaults"]["workspace"].as_str().unwrap());
+    assert!(workspace.is_absolute(), "{}", workspace.display());
+    assert_eq!(
+        workspace.canonicalize().unwrap(),
+        tmp.path()
+            .join("data/users/alice/workspace")
+            .canonicalize()
+            .unwrap()
+    );
+}
