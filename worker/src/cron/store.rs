@@ -129,6 +129,24 @@ impl CronStore {
         Ok(out)
     }
 
+    /// Adds each of `jobs` whose id is not present yet (provisioning's default jobs: idempotent, never overwrites
+    /// a job the member changed). Returns how many were added.
+    pub fn insert_missing(&self, jobs: Vec<Job>) -> Result<usize> {
+        for job in &jobs {
+            job.validate()?;
+        }
+        self.modify(|existing| {
+            let mut added = 0;
+            for job in jobs {
+                if !existing.iter().any(|j| j.id == job.id) {
+                    existing.push(job);
+                    added += 1;
+                }
+            }
+            Ok(added)
+        })
+    }
+
     fn persist(&self, file: &JobsFile) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(Error::io("create dir", dir))?;
@@ -251,6 +269,21 @@ mod tests {
         assert_eq!(bak["jobs"].as_array().unwrap().len(), 1);
         let reopened = CronStore::open(dir.path()).unwrap();
         assert_eq!(reopened.jobs(), store.jobs());
+    }
+
+    #[test]
+    fn insert_missing_is_idempotent_and_keeps_member_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CronStore::open(dir.path()).unwrap();
+        assert_eq!(store.insert_missing(vec![job("a"), job("b")]).unwrap(), 2);
+        store
+            .modify(|jobs| {
+                jobs[0].name = "renamed".into();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.insert_missing(vec![job("a"), job("b")]).unwrap(), 0);
+        assert_eq!(store.get("a").unwrap().name, "renamed");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::files;
 use super::schema::{self, IndexMeta};
 use super::search::{Candidate, Hit, Ranking, build_fts_query, merge};
 use super::vec_ext;
+use super::vectors::VectorCache;
 
 const SOURCE: &str = "memory";
 const FTS_ONLY_MODEL: &str = "fts-only";
@@ -64,6 +65,11 @@ struct Inner {
     config: MemoryConfig,
     embedder: Option<Embedder>,
     conn: Mutex<Connection>,
+    /// A second connection for searches: with WAL it reads the last committed state while a sync writes.
+    reader: Mutex<Connection>,
+    /// Bumped after every committed sync; the vector cache reloads when it lags.
+    generation: std::sync::atomic::AtomicU64,
+    vectors: Mutex<Option<VectorCache>>,
     /// One sync at a time; appends also take it so a read-modify-write never interleaves.
     sync_lock: tokio::sync::Mutex<()>,
 }
@@ -142,6 +148,10 @@ impl MemoryIndex {
         .map_err(Error::sql("set pragmas", &db_path))?;
         conn.execute_batch(schema::SCHEMA)
             .map_err(Error::sql("create schema", &db_path))?;
+        let reader = Connection::open(&db_path).map_err(Error::sql("open reader", &db_path))?;
+        reader
+            .execute_batch("PRAGMA busy_timeout=5000;")
+            .map_err(Error::sql("set pragmas", &db_path))?;
         tracing::debug!(db = %db_path.display(), agent_id, embeddings = embedder.is_some(), "memory index open");
         Ok(MemoryIndex {
             inner: Arc::new(Inner {
@@ -150,6 +160,9 @@ impl MemoryIndex {
                 config,
                 embedder,
                 conn: Mutex::new(conn),
+                reader: Mutex::new(reader),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                vectors: Mutex::new(None),
                 sync_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -399,6 +412,12 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn read_lock(&self) -> MutexGuard<'_, Connection> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn plan(&self, wanted: &IndexMeta) -> Result<Plan> {
         let conn = self.lock();
         let stored = schema::read_meta(&conn).map_err(Error::sql("read meta", &self.db_path))?;
@@ -563,6 +582,9 @@ impl Inner {
         plan: Plan,
         embeddings: Option<HashMap<String, Vec<f32>>>,
     ) -> Result<()> {
+        let changed = plan.full_reindex
+            || !plan.removed.is_empty()
+            || plan.changed.iter().any(|f| !f.touched_only);
         let mut conn = self.lock();
         let path = self.db_path.clone();
         let sql = |op| Error::sql(op, &path);
@@ -711,7 +733,12 @@ impl Inner {
         if meta.as_ref() != Some(&new_meta) {
             schema::write_meta(&tx, &new_meta).map_err(sql("write meta"))?;
         }
-        tx.commit().map_err(sql("commit"))
+        tx.commit().map_err(sql("commit"))?;
+        if changed {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     fn search(&self, query: &str, query_vector: Option<Vec<f32>>) -> Result<Vec<Hit>> {
@@ -723,7 +750,7 @@ impl Inner {
             .max(1)
             .saturating_mul(q.hybrid.candidate_multiplier.max(1));
         let limit = i64::try_from(candidates).unwrap_or(i64::MAX);
-        let conn = self.lock();
+        let conn = self.read_lock();
         let sql = |op| Error::sql(op, &self.db_path);
 
         let mut keyword = Vec::new();
@@ -745,27 +772,35 @@ impl Inner {
         }
 
         let mut vector = None;
-        if let Some(mut qv) = query_vector.filter(|_| hybrid)
-            && schema::vec_table_exists(&conn).map_err(sql("check vector table"))?
-        {
+        if let Some(mut qv) = query_vector.filter(|_| hybrid) {
             normalize(&mut qv);
+            let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+            let mut cache = self
+                .vectors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.as_ref().is_none_or(|c| c.generation != generation) {
+                *cache = Some(VectorCache::load(&conn, generation).map_err(sql("load vectors"))?);
+            }
+            let nearest = cache
+                .as_ref()
+                .map(|c| c.top_k(&qv, candidates))
+                .unwrap_or_default();
+            drop(cache);
             let mut stmt = conn
                 .prepare_cached(
-                    "WITH knn AS (SELECT id, distance FROM chunks_vec WHERE embedding MATCH ?1 AND k = ?2)
-                     SELECT c.id, c.path, c.start_line, c.end_line, c.text, knn.distance
-                     FROM knn JOIN chunks c ON c.id = knn.id ORDER BY knn.distance",
+                    "SELECT id, path, start_line, end_line, text FROM chunks WHERE id = ?1",
                 )
                 .map_err(sql("prepare vector search"))?;
-            let rows = stmt
-                .query_map(params![to_blob(&qv), limit], |r| {
-                    let distance: f64 = r.get(5)?;
-                    // Unit vectors: L2² = 2 − 2·cos, so cos = 1 − d²/2 (= Clawdbot's 1 − cosine distance).
-                    Ok((candidate(r)?, 1.0 - distance * distance / 2.0))
-                })
-                .map_err(sql("vector search"))?;
-            let mut hits = Vec::new();
-            for row in rows {
-                hits.push(row.map_err(sql("vector search"))?);
+            let mut hits = Vec::with_capacity(nearest.len());
+            for (id, cos) in nearest {
+                if let Some(c) = stmt
+                    .query_row([&id], candidate)
+                    .optional()
+                    .map_err(sql("vector search"))?
+                {
+                    hits.push((c, cos));
+                }
             }
             vector = Some(hits);
         }

@@ -13,6 +13,7 @@ mod schema;
 mod search;
 pub mod tools;
 mod vec_ext;
+mod vectors;
 
 pub use chunk::{Chunk, chunk_markdown};
 pub use config::{
