@@ -22,6 +22,9 @@ data_dir = "$WORK/data"
 runtime_dir = "$WORK/run"
 [proxy]
 listen = "127.0.0.1:0"
+[ports]
+# Two rounds of N users, half dedicated: the default spacing (20) only fits 500 dedicated workers.
+spacing = 2
 TOML
 
 WIREBOT_LOG=warn "$WIREBOT" --config "$WORK/wirebot.toml" serve > "$WORK/ready" 2> "$WORK/log" &
