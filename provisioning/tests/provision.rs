@@ -963,3 +963,25 @@ fn a_relative_data_dir_still_gets_an_absolute_workspace() {
             .unwrap()
     );
 }
+
+#[test]
+fn a_failed_archive_leaves_the_user_tree_and_runtime_dir_in_place() {
+    let r = roots();
+    let mut s = spec("alice");
+    s.provider_keys
+        .insert("OPENAI_API_KEY".into(), Secret::from("sk-o".to_owned()));
+    let p = provision(&r.layout, &s).unwrap();
+    let before = snapshot(&p.user_dir);
+    // A regular file where the archive dir must be: a real failure, also as root.
+    provisioning::atomic::write_file(&r.layout.archive_dir(), b"in the way", 0o600).unwrap();
+    let err = deprovision(&r.layout, &s.user).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} must be a directory, found a regular file",
+            r.layout.archive_dir().display()
+        )
+    );
+    assert_eq!(snapshot(&p.user_dir), before);
+    assert!(r.layout.gateway_env(&s.user).exists());
+}
