@@ -489,3 +489,52 @@ fn parallel_creates_get_distinct_uids_and_ports_and_duplicates_conflict() {
         );
     }
 }
+
+#[test]
+fn hostile_ids_in_the_path_are_400_and_reach_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(&dir);
+    sup.cli(["user", "add", "victim", "--tier", "shared"]).ok();
+    let events_before = sup.event_count();
+    for raw in [
+        "%2e%2e",
+        "..%2fvictim",
+        "a%2fb",
+        "%00",
+        "a%00b",
+        "A",
+        "%EF%BD%81",
+        "-x",
+        ".hidden",
+        "a%20b",
+        "%ff",
+    ] {
+        for (method, suffix) in [
+            ("GET", ""),
+            ("PATCH", ""),
+            ("DELETE", ""),
+            ("POST", "/token"),
+        ] {
+            let path = format!("/v1/users/{raw}{suffix}");
+            let response = sup.api_raw(
+                method,
+                &path,
+                &[("content-type", "application/json")],
+                b"{}",
+            );
+            assert!(
+                response.status == 400,
+                "{method} {path}: {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+            response.problem(response.status);
+        }
+    }
+    assert_eq!(
+        sup.registry_users(),
+        vec![("victim".into(), "shared".into())]
+    );
+    assert!(sup.user_dir("victim").join("clawdbot.json").is_file());
+    assert_eq!(sup.event_count(), events_before);
+}
