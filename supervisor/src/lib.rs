@@ -11,6 +11,5 @@ pub mod openapi;
 pub mod proxy;
 pub mod registry;
 pub mod sandbox;
-pub mod webhook;
 pub mod users;
 pub mod webhook;
