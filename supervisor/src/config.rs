@@ -319,6 +319,7 @@ section! {
         max_body_bytes: u64,
         max_idle_per_upstream: usize,
         drain_timeout_s: u64,
+        worker_threads: usize,
     }
 }
 
@@ -772,6 +773,7 @@ fn proxy_config(file: ProxyFile, errors: &mut Vec<ConfigError>) -> ProxyConfig {
             .max_idle_per_upstream
             .unwrap_or(d.max_idle_per_upstream),
         drain_timeout_s: file.drain_timeout_s.unwrap_or(d.drain_timeout_s),
+        worker_threads: file.worker_threads.unwrap_or(d.worker_threads),
     };
     if let Err(crate::proxy::Error::InvalidConfig { problems }) = config.validate() {
         for problem in problems {

@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_user ON events(user_id, id);
     CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
     CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+    // 2: the webhook receiver's tables (dedup, member map, desired states, tombstones, operations).
+    crate::webhook::MIGRATION,
 ];
 
 /// Whether a member is served. Suspension arrives with the webhooks issue.
@@ -813,6 +815,28 @@ mod tests {
             .transaction(|tx| tx.update_user(&id, Tier::Shared, None, None, PORTS))
             .unwrap();
         assert_eq!(back.port, None);
+    }
+
+    #[test]
+    fn every_migration_runs_once_including_the_webhook_tables() {
+        let (dir, reg) = open();
+        let version: i64 = reg
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        let tables: i64 = reg
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'webhook_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(tables >= 2, "webhook tables missing");
+        drop(reg);
+        // Reopening runs nothing again (a second CREATE TABLE users would fail).
+        Registry::open(&dir.path().join("wirebot.db")).unwrap();
     }
 
     #[test]
