@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::daemon::{App, Tenancy};
 use crate::error::Error;
-use crate::registry::{UserRow, WorkerRecord};
+use crate::registry::{Event, UserRow, WorkerRecord};
 use crate::users::{self, CreateUser, UpdateUser};
 
 /// Largest accepted request body.
@@ -56,6 +56,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::PATCH, "/v1/users/{id}", patch(update_user)),
         route(Method::DELETE, "/v1/users/{id}", delete(delete_user)),
         route(Method::POST, "/v1/users/{id}/token", post(rotate_token)),
+        route(Method::GET, "/v1/events", get(list_events)),
     ]
 }
 
@@ -519,6 +520,56 @@ async fn rotate_token(
     .await?;
     // PLUG (issue 4, lifecycle): a running worker reloads clawdbot.json (or restarts) to pick up the new token.
     Ok(Json(json!({ "id": id, "token": token.expose() })))
+}
+
+/// Most events one `GET /v1/events` returns.
+pub const EVENTS_MAX_LIMIT: u32 = 1000;
+
+/// `GET /v1/events?user=<id>&after=<event id>&limit=<n>`: the audit log, oldest first, `id > after`.
+async fn list_events(
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+) -> Result<Json<Vec<Event>>, Error> {
+    let query =
+        axum::extract::Query::<std::collections::BTreeMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| Error::Malformed {
+                detail: format!("bad query string: {}", e.body_text()),
+            })?
+            .0;
+    let bad = |detail: String| Error::Malformed { detail };
+    let mut user = None;
+    let mut after = 0i64;
+    let mut limit = 100u32;
+    for (key, value) in &query {
+        match key.as_str() {
+            "user" => user = Some(value.parse::<UserId>().map_err(|e| bad(e.to_string()))?),
+            "after" => {
+                after = value
+                    .parse()
+                    .ok()
+                    .filter(|n: &i64| *n >= 0)
+                    .ok_or_else(|| bad(format!("after={value:?} is not an event id")))?;
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=EVENTS_MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limit={value:?} is not between 1 and {EVENTS_MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (allowed: user, after, limit)"
+                )));
+            }
+        }
+    }
+    let events = blocking(move || app.registry.events(user.as_ref(), after, limit)).await?;
+    Ok(Json(events))
 }
 
 #[cfg(test)]

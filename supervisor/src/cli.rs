@@ -71,6 +71,17 @@ pub enum Command {
     /// Add, list, show, change and remove users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Show the audit log (every user action, who asked, and its outcome), oldest first.
+    Events {
+        /// Only this user's events.
+        #[arg(long, allow_hyphen_values = true)]
+        user: Option<String>,
+        /// Keep printing new events as they happen (until interrupted).
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the daemon's status.
     Status {
         #[arg(long)]
@@ -199,6 +210,14 @@ pub fn run_client(cli: &Cli) -> ExitCode {
             config_check(file.as_deref().or(cli.config.as_deref()))
         }
         Command::Status { json } => with_daemon(cli, async |socket| status(socket, *json).await),
+        Command::Events { user, follow, json } => {
+            let user = user.as_deref().map(parse_id).transpose();
+            user.and_then(|user| {
+                with_daemon(cli, async |socket| {
+                    events(socket, user.as_ref(), *follow, *json).await
+                })
+            })
+        }
         Command::User(command) => user(cli, command),
     };
     match result {
@@ -463,6 +482,61 @@ async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
         text(&users["dedicated"])
     );
     Ok(())
+}
+
+/// Pages through `/v1/events` (and, with `follow`, keeps polling for new ones).
+async fn events(
+    socket: &Path,
+    user: Option<&UserId>,
+    follow: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut after = 0i64;
+    loop {
+        let mut path = format!(
+            "/v1/events?after={after}&limit={}",
+            crate::admin::EVENTS_MAX_LIMIT
+        );
+        if let Some(user) = user {
+            path.push_str(&format!("&user={user}"));
+        }
+        let page = call(socket, Method::GET, &path, None).await?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        for event in &page {
+            after = event["id"].as_i64().unwrap_or(after);
+            let line = if json {
+                event.to_string()
+            } else {
+                let detail = event["detail"]
+                    .as_str()
+                    .map(|d| format!("  {d}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {:<8} {:<20} {:<24} {}{detail}",
+                    text(&event["ts"]),
+                    text(&event["actor"]),
+                    text(&event["action"]),
+                    text(&event["user_id"]),
+                    text(&event["outcome"])
+                )
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // stdout closed (e.g. piped into `head`)
+            }
+        }
+        let _ = out.flush();
+        let full_page =
+            page.len() >= usize::try_from(crate::admin::EVENTS_MAX_LIMIT).unwrap_or(usize::MAX);
+        if full_page {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        // Following is a human watching a log; a short poll is simpler than a push channel and cheap for the daemon.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// A JSON scalar for a table cell: strings bare, null as `-`.

@@ -103,6 +103,15 @@ pub fn document() -> Value {
                     "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "409", "500"]))
                 }
             },
+            "/v1/events": { "get": {
+                "operationId": "listEvents", "summary": "The append-only audit log, oldest first",
+                "parameters": [
+                    { "name": "user", "in": "query", "schema": { "type": "string" } },
+                    { "name": "after", "in": "query", "description": "Only events with a larger id", "schema": { "type": "integer", "minimum": 0 } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
+                ],
+                "responses": merge(ok("200", "Events", json!({ "type": "array", "items": schema_ref("Event") })), problem_responses(&["400"]))
+            }},
             "/v1/users/{id}/token": {
                 "parameters": id_param(),
                 "post": {
@@ -163,6 +172,16 @@ pub fn document() -> Value {
             "Removed": {
                 "type": "object", "required": ["id", "archive"],
                 "properties": { "id": { "type": "string" }, "archive": { "type": "string", "description": "Path of the .tar.zst archive" } }
+            },
+            "Event": {
+                "type": "object", "required": ["id", "ts", "actor", "action", "outcome"],
+                "properties": {
+                    "id": { "type": "integer" }, "ts": { "type": "string", "format": "date-time" },
+                    "actor": { "type": "string" }, "action": { "type": "string" },
+                    "user_id": { "type": ["string", "null"] },
+                    "outcome": { "type": "string", "enum": ["ok", "error"] },
+                    "detail": { "type": ["string", "null"] }
+                }
             },
             "Status": {
                 "type": "object",

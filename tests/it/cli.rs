@@ -360,3 +360,63 @@ fn readiness_goes_to_systemd_the_watchdog_is_fed_and_state_is_private() {
     assert_eq!(mode(sup.runtime_dir()), 0o700, "runtime_dir");
     assert_eq!(mode(&sup.data_dir().join("wirebot.db")), 0o600, "registry");
 }
+
+#[test]
+fn events_show_the_audit_log_filtered_by_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(&dir);
+    sup.cli(["user", "add", "ivy", "--tier", "shared"]).ok();
+    sup.cli(["user", "add", "jon", "--tier", "dedicated"]).ok();
+    sup.cli(["user", "add", "ivy", "--tier", "shared"])
+        .fails_with(65);
+    sup.cli(["user", "remove", "jon"]).ok();
+
+    let all = sup.cli(["events"]);
+    all.ok();
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", all.stdout);
+    assert!(
+        lines[0].contains("cli")
+            && lines[0].contains("user.create")
+            && lines[0].contains("ivy")
+            && lines[0].ends_with("ok")
+    );
+    assert!(
+        lines[2].contains("user.create")
+            && lines[2].contains("error")
+            && lines[2].contains("already exists"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].contains("user.delete") && lines[3].contains("jon"));
+
+    let ivy = sup.cli(["events", "--user", "ivy", "--json"]);
+    ivy.ok();
+    let events: Vec<serde_json::Value> = ivy
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e["user_id"] == "ivy"));
+    assert!(events[0]["id"].as_i64() < events[1]["id"].as_i64());
+
+    sup.cli(["events", "--user", "../x"]).fails_with(65);
+    let api = sup.api("GET", "/v1/events?limit=0", None);
+    api.problem(400);
+    let api = sup.api("GET", "/v1/events?bogus=1", None);
+    assert!(
+        api.problem(400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bogus")
+    );
+    let after = sup
+        .api(
+            "GET",
+            &format!("/v1/events?after={}", events[0]["id"]),
+            None,
+        )
+        .ok_json();
+    assert_eq!(after.as_array().unwrap().len(), 3);
+}
