@@ -30,6 +30,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub struct Options {
     /// Config overrides as `("section.key", toml_literal)`, e.g. `("proxy.idle_stop_s", "30")`,
     /// `("tiers.dedicated.runtime", "\"clawdbot\"")`. A key without a dot is top-level. Later entries win.
+    /// Applied when the dir has no `wirebot.toml` yet: a restart on the same dir keeps the first config.
     pub set: Vec<(String, String)>,
     /// Extra arguments after `serve` (e.g. `--stop-workers-on-exit`).
     pub args: Vec<String>,
