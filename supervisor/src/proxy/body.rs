@@ -120,6 +120,10 @@ impl Body for ProxyBody {
                 done,
                 ..
             } => {
+                // Drive the worker connection first: it moves response bytes into `inner`.
+                if let Some(r) = returner.as_mut() {
+                    r.poll_driver(cx);
+                }
                 let out = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 match out {
                     Some(Ok(frame)) => {

@@ -42,6 +42,9 @@ pub struct ProxyConfig {
     pub max_idle_per_upstream: usize,
     /// How long in-flight requests and WebSockets may take to finish after shutdown is signalled.
     pub drain_timeout_s: u64,
+    /// Accept threads, each a single-threaded runtime serving its connections start to end (thread per core,
+    /// like nginx workers); 0 serves on the caller's runtime instead.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +67,7 @@ impl Default for ProxyConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_idle_per_upstream: 128,
             drain_timeout_s: 10,
+            worker_threads: 2,
         }
     }
 }
@@ -85,6 +89,12 @@ impl ProxyConfig {
             problems.push(format!(
                 "max_connections is {} (at most 16000: the process has 20000 file descriptors)",
                 self.max_connections
+            ));
+        }
+        if self.worker_threads > 64 {
+            problems.push(format!(
+                "worker_threads is {} (at most 64)",
+                self.worker_threads
             ));
         }
         if self.per_member_max_connections == 0 {

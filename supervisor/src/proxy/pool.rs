@@ -1,9 +1,15 @@
-//! Keep-alive connection pools to workers: one `HostPool` per upstream address holding idle HTTP/1.1
-//! `SendRequest` handles. A handle goes back to its pool when the response body ends (no task per request).
+//! Keep-alive connection pools to workers: one `HostPool` per upstream address holding idle HTTP/1.1 connections
+//! (request handle + driver). A connection goes back to its pool when the response body ends; no task per request
+//! and none per connection: the client connection's task drives the worker connection it borrowed.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use hyper::client::conn::TrySendError;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -20,6 +26,8 @@ use super::fault::Fault;
 pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub max_idle: usize,
+    /// One idle list per proxy thread: a connection is only reused by the thread (runtime) that opened it.
+    pub shards: usize,
 }
 
 impl From<&super::ProxyConfig> for PoolConfig {
@@ -27,16 +35,99 @@ impl From<&super::ProxyConfig> for PoolConfig {
         PoolConfig {
             connect_timeout: cfg.connect_timeout(),
             max_idle: cfg.max_idle_per_upstream,
+            shards: cfg.worker_threads.max(1),
         }
     }
 }
 
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as proxy thread `i` (its pool shard).
+pub(crate) fn set_worker_index(i: usize) {
+    WORKER_INDEX.with(|w| w.set(i));
+}
+
+fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
 type Sender = http1::SendRequest<ReqBody>;
+type Driver = http1::Connection<TokioIo<TcpStream>, ReqBody>;
+
+/// One keep-alive HTTP/1.1 connection to a worker: the request handle and the connection driver, kept together.
+///
+/// Why not spawn the driver as its own task (as hyper-util's client does)? Then every request hops between the
+/// client connection's task and the driver's task several times (request, response head, each body frame), and
+/// on two cores those cross-task wake-ups cost more than the proxying itself. Driving the worker connection
+/// inside the client connection's task keeps one request on one task from accept to last byte, as nginx does.
+pub(crate) struct UpConn {
+    sender: Sender,
+    driver: Pin<Box<Driver>>,
+    /// The driver finished: the worker closed the connection or it broke.
+    closed: bool,
+}
+
+impl std::fmt::Debug for UpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpConn")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpConn {
+    /// Lets the driver do pending I/O (write the request, read the response into the body channel).
+    pub(crate) fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+        }
+    }
+
+    async fn ready(&mut self) -> Result<(), ()> {
+        std::future::poll_fn(|cx| {
+            self.poll_driver(cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(())),
+                Poll::Pending if self.closed => Poll::Ready(Err(())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        let UpConn {
+            sender,
+            driver,
+            closed,
+        } = self;
+        let exchange = sender.try_send_request(req);
+        let mut exchange = std::pin::pin!(exchange);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if !*closed && driver.as_mut().poll(cx).is_ready() {
+                *closed = true;
+                // The dispatcher is gone: the exchange resolves (with an error) on its next poll.
+                return exchange.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
 
 /// A connection ready to carry one request; `fresh` when it was just opened (so a failure is not staleness).
 #[derive(Debug)]
 pub(crate) struct Acquired {
-    sender: Sender,
+    conn: UpConn,
     fresh: bool,
 }
 
@@ -44,22 +135,27 @@ pub(crate) struct Acquired {
 #[derive(Debug)]
 pub(crate) struct HostPool {
     addr: SocketAddr,
-    idle: Mutex<Vec<Sender>>,
+    /// Idle connections per proxy thread (index = [`worker_index`]).
+    idle: Vec<Mutex<Vec<UpConn>>>,
     cfg: PoolConfig,
-    /// Connection driver tasks; they end when their `SendRequest` is dropped or the worker closes.
+    /// Driver tasks of WebSocket upgrade connections (those are not pooled).
     tasks: TaskTracker,
 }
 
-/// Puts a connection back into its pool once the response body has ended.
+/// The worker connection of a response in flight: driven by the response body, back to its pool at body end.
 #[derive(Debug)]
 pub(crate) struct Returner {
-    sender: Sender,
+    conn: UpConn,
     pool: Arc<HostPool>,
 }
 
 impl Returner {
+    pub(crate) fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        self.conn.poll_driver(cx);
+    }
+
     pub(crate) fn give_back(self) {
-        self.pool.put_back(self.sender);
+        self.pool.put_back(self.conn);
     }
 }
 
@@ -67,7 +163,9 @@ impl HostPool {
     pub(crate) fn new(addr: SocketAddr, cfg: PoolConfig) -> HostPool {
         HostPool {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..cfg.shards.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             cfg,
             tasks: TaskTracker::new(),
         }
@@ -75,21 +173,20 @@ impl HostPool {
 
     /// A ready connection: an idle pooled one, else a new one. Fails only if the worker cannot be reached.
     pub(crate) async fn acquire(&self) -> Result<Acquired, Fault> {
-        while let Some(mut sender) = self.checkout() {
-            // Returned at body end, the connection may need a moment to become ready again.
-            if sender.ready().await.is_ok() {
-                return Ok(Acquired {
-                    sender,
-                    fresh: false,
-                });
+        while let Some(mut conn) = self.checkout() {
+            // Returned at body end, the connection may need one more driver step to be ready again.
+            if conn.ready().await.is_ok() {
+                return Ok(Acquired { conn, fresh: false });
             }
         }
-        let mut sender = self.connect(false).await?;
-        sender.ready().await.map_err(|_| Fault::UpstreamRefused)?;
-        Ok(Acquired {
+        let (sender, driver) = self.connect().await?;
+        let mut conn = UpConn {
             sender,
-            fresh: true,
-        })
+            driver: Box::pin(driver),
+            closed: false,
+        };
+        conn.ready().await.map_err(|()| Fault::UpstreamRefused)?;
+        Ok(Acquired { conn, fresh: true })
     }
 
     /// Sends a request. A stale pooled connection (closed by the worker while idle) is detected by hyper handing
@@ -100,17 +197,17 @@ impl HostPool {
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Returner), Fault> {
         let Acquired {
-            mut sender,
+            mut conn,
             mut fresh,
         } = acquired;
         let mut req = req;
         loop {
-            match sender.try_send_request(req).await {
+            match conn.send(req).await {
                 Ok(resp) => {
                     return Ok((
                         resp,
                         Returner {
-                            sender,
+                            conn,
                             pool: Arc::clone(self),
                         },
                     ));
@@ -119,7 +216,7 @@ impl HostPool {
                     Some(unsent) if !fresh => {
                         req = unsent;
                         let next = self.acquire().await?;
-                        sender = next.sender;
+                        conn = next.conn;
                         fresh = next.fresh;
                     }
                     _ => return Err(classify(e.error())),
@@ -133,32 +230,40 @@ impl HostPool {
         &self,
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, Fault> {
-        let mut sender = self.connect(true).await?;
+        let (mut sender, driver) = self.connect().await?;
+        // The upgraded connection outlives this request: its driver runs as its own (tracked) task.
+        self.tasks.spawn(async move {
+            let _ = driver.with_upgrades().await;
+        });
         sender.ready().await.map_err(|_| Fault::UpstreamRefused)?;
         sender.send_request(req).await.map_err(|e| classify(&e))
     }
 
-    fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+    fn shard(&self) -> &Mutex<Vec<UpConn>> {
+        &self.idle[worker_index() % self.idle.len()]
+    }
+
+    fn checkout(&self) -> Option<UpConn> {
+        let mut idle = self.shard().lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(c) = idle.pop() {
+            if !c.closed && !c.sender.is_closed() {
+                return Some(c);
             }
         }
         None
     }
 
-    fn put_back(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn put_back(&self, conn: UpConn) {
+        if conn.closed || conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.shard().lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.cfg.max_idle {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    async fn connect(&self, upgrades: bool) -> Result<Sender, Fault> {
+    async fn connect(&self) -> Result<(Sender, Driver), Fault> {
         let stream = match tokio::time::timeout(
             self.cfg.connect_timeout,
             TcpStream::connect(self.addr),
@@ -173,20 +278,10 @@ impl HostPool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
+        http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| Fault::UpstreamRefused)?;
-        if upgrades {
-            self.tasks.spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-        } else {
-            self.tasks.spawn(async move {
-                let _ = conn.await;
-            });
-        }
-        Ok(sender)
+            .map_err(|_| Fault::UpstreamRefused)
     }
 }
 
