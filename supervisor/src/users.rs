@@ -142,19 +142,37 @@ fn forget_reserved(app: &App, id: &UserId) {
     }
 }
 
-/// Sweeps creates a previous daemon left half-done (rows still `provisioning`): their trees are new and incomplete
-/// by construction, so both tree and row go. Run once at start, before serving.
+/// Sweeps creates a previous daemon left half-done (rows still `provisioning`). Run once at start, before serving.
+///
+/// The tree may be a partial new one or one the create was adopting (e.g. restored from an archive by an operator), so
+/// it is archived before it is removed, like every removal: nothing is lost, and disk matches the registry again.
 pub fn recover_interrupted_creates(app: &App) -> Result<(), Error> {
     for id in app.registry.interrupted_creates()? {
-        tracing::warn!(user_id = %id, "removing a create interrupted by a daemon stop");
-        remove_new_tree(app, &id);
+        tracing::warn!(user_id = %id, "undoing a create interrupted by a daemon stop");
+        let detail = if app.layout.user_dir(&id).exists() {
+            match provisioning::deprovision(&app.layout, &id) {
+                Ok(archive) => format!(
+                    "create interrupted by a daemon stop; its tree was archived to {} and removed",
+                    archive.display()
+                ),
+                Err(e) => {
+                    remove_new_tree(app, &id);
+                    format!(
+                        "create interrupted by a daemon stop; its tree could not be archived ({e}) and was removed"
+                    )
+                }
+            }
+        } else {
+            remove_new_tree(app, &id);
+            "create interrupted by a daemon stop before its tree existed".to_owned()
+        };
         app.registry.transaction(|tx| tx.delete_user(&id))?;
         app.registry.append_event(
             "daemon",
             "user.create.recover",
             Some(id.as_str()),
             Outcome::Error,
-            Some("create interrupted by a daemon stop; partial state removed"),
+            Some(&detail),
         )?;
     }
     Ok(())

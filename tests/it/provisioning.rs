@@ -357,5 +357,11 @@ fn a_create_interrupted_by_a_daemon_crash_is_swept_at_the_next_start() {
         })
         .unwrap();
     assert_eq!((actor.as_str(), outcome.as_str()), ("daemon", "error"));
+    // Whatever the tree held was archived first, like every removal.
+    let archived = std::fs::read_dir(sup.data_dir().join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .any(|name| name.starts_with("half-") && name.ends_with(".tar.zst"));
+    assert!(archived, "the interrupted tree was not archived");
     sup.cli(["user", "add", "half", "--tier", "dedicated"]).ok();
 }
