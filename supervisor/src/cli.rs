@@ -347,7 +347,10 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
             with_daemon(cli, async |socket| {
                 let removed =
                     call(socket, Method::DELETE, &format!("/v1/users/{id}"), None).await?;
-                println!("removed {id}; archive: {}", text(&removed["archive"]));
+                match removed["archive"].as_str() {
+                    Some(archive) => println!("removed {id}; archive: {archive}"),
+                    None => println!("removed {id}; it had no state directory to archive"),
+                }
                 Ok(())
             })
         }

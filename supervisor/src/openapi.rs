@@ -171,7 +171,7 @@ pub fn document() -> Value {
             },
             "Removed": {
                 "type": "object", "required": ["id", "archive"],
-                "properties": { "id": { "type": "string" }, "archive": { "type": "string", "description": "Path of the .tar.zst archive" } }
+                "properties": { "id": { "type": "string" }, "archive": { "type": ["string", "null"], "description": "Path of the .tar.zst archive; null if there was no directory" } }
             },
             "Event": {
                 "type": "object", "required": ["id", "ts", "actor", "action", "outcome"],

@@ -36,8 +36,9 @@ pub struct UpdateUser {
 #[derive(Debug, Clone, Serialize)]
 pub struct Removed {
     pub id: UserId,
-    /// The `.tar.zst` archive of the whole state directory, written and fsynced before the directory was deleted.
-    pub archive: PathBuf,
+    /// The `.tar.zst` archive of the whole state directory, written and fsynced before the directory was deleted;
+    /// `None` when the directory was already gone (the row is removed anyway, so the registry matches the disk).
+    pub archive: Option<PathBuf>,
 }
 
 fn owner_of(row: &UserRow) -> Option<Owner> {
@@ -257,19 +258,28 @@ pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error
 pub fn delete(app: &App, actor: &str, id: &UserId) -> Result<Removed, Error> {
     let result = app.registry.transaction(|tx| {
         settled(tx.delete_user(id)?)?;
-        let archive =
-            provisioning::deprovision(&app.layout, id).map_err(|source| Error::Provisioning {
-                op: "archive and remove the state directory",
-                user: id.clone(),
-                source,
-            })?;
+        let archive = match provisioning::deprovision(&app.layout, id) {
+            Ok(archive) => Some(archive),
+            Err(provisioning::Error::NotProvisioned { path, .. }) => {
+                tracing::warn!(user_id = %id, path = %path.display(), "no state directory to archive; removing the row");
+                remove_new_tree(app, id); // the runtime dir, if any
+                None
+            }
+            Err(source) => {
+                return Err(Error::Provisioning {
+                    op: "archive and remove the state directory",
+                    user: id.clone(),
+                    source,
+                });
+            }
+        };
         Ok(Removed {
             id: id.clone(),
             archive,
         })
     });
     if let Ok(removed) = &result {
-        tracing::info!(user_id = %id, archive = %removed.archive.display(), actor, "user removed");
+        tracing::info!(user_id = %id, archive = ?removed.archive, actor, "user removed");
     }
     audited(app, actor, "user.delete", id, result)
 }

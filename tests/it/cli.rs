@@ -420,3 +420,20 @@ fn events_show_the_audit_log_filtered_by_user() {
         .ok_json();
     assert_eq!(after.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_user_whose_directory_vanished_can_still_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(&dir);
+    sup.cli(["user", "add", "lost", "--tier", "shared"]).ok();
+    std::fs::remove_dir_all(sup.user_dir("lost")).unwrap();
+    let out = sup.cli(["user", "remove", "lost"]);
+    out.ok();
+    assert!(
+        out.stdout.contains("no state directory to archive"),
+        "{}",
+        out.stdout
+    );
+    assert!(sup.registry_users().is_empty());
+    assert!(!sup.runtime_dir().join("users/lost").exists());
+}
