@@ -72,6 +72,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every background task is spawned on this tracker so shutdown can wait for it (no detached tasks).
     pub tasks: TaskTracker,
+    /// Members with a create/update/rotate/removal in flight (one at a time per member).
+    pub busy: crate::users::Busy,
     // PLUG (issue 4, lifecycle): `pub workers: crate::lifecycle::Manager` — created in `prepare` from `registry` and
     // `config.lifecycle`; admin handlers call it after `users::create`/`delete` (ensure running / stop first).
     // PLUG (issue 5, proxy): `pub routes: Arc<crate::proxy::RouteTableHandle>` (+ `Arc<ProxyMetrics>`) — built in
@@ -186,6 +188,7 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         started_at: Instant::now(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        busy: crate::users::Busy::default(),
         _lock: lock,
     };
     crate::users::recover_interrupted_creates(&app)?;

@@ -6,7 +6,9 @@
 //! provisioning removes its own files), and a failure after provisioning created a tree removes that tree again.
 //! These functions are synchronous: the admin API runs them on a blocking thread.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use provisioning::{Owner, ProvisionSpec, Secret, Tier, UserId};
 use serde::Serialize;
@@ -102,6 +104,7 @@ pub fn create(app: &App, actor: &str, req: CreateUser) -> Result<(UserRow, Secre
 
 fn create_steps(app: &App, req: CreateUser) -> Result<(UserRow, Secret), Error> {
     let id = req.id.clone();
+    let _claim = app.busy.claim(&id)?;
     let new = NewUser {
         id: req.id,
         tier: req.tier,
@@ -200,29 +203,32 @@ fn remove_new_tree(app: &App, id: &UserId) {
 
 /// Updates tier, e-mail or display name and re-provisions (idempotent: unchanged values change nothing on disk).
 pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<UserRow, Error> {
-    let result = app.registry.transaction(|tx| {
-        let current = settled(
-            tx.user(id)?
-                .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
-        )?;
-        let tier = patch.tier.unwrap_or(current.tier);
-        let email = patch.email.clone().unwrap_or(current.email);
-        let display_name = patch.display_name.clone().unwrap_or(current.display_name);
-        let row = tx.update_user(
-            id,
-            tier,
-            email.as_deref(),
-            display_name.as_deref(),
-            app.config.ports,
-        )?;
-        provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
-            Error::Provisioning {
-                op: "re-provision the state directory",
-                user: id.clone(),
-                source,
-            }
-        })?;
-        Ok(row)
+    let claim = app.busy.claim(id);
+    let result = claim.and_then(|_claim| {
+        app.registry.transaction(|tx| {
+            let current = settled(
+                tx.user(id)?
+                    .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+            )?;
+            let tier = patch.tier.unwrap_or(current.tier);
+            let email = patch.email.clone().unwrap_or(current.email);
+            let display_name = patch.display_name.clone().unwrap_or(current.display_name);
+            let row = tx.update_user(
+                id,
+                tier,
+                email.as_deref(),
+                display_name.as_deref(),
+                app.config.ports,
+            )?;
+            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+                Error::Provisioning {
+                    op: "re-provision the state directory",
+                    user: id.clone(),
+                    source,
+                }
+            })?;
+            Ok(row)
+        })
     });
     if let Ok(row) = &result {
         tracing::info!(user_id = %row.id, tier = %row.tier, port = ?row.port, actor, "user updated");
@@ -232,20 +238,22 @@ pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<
 
 /// Issues a new gateway token (written to `clawdbot.json`, hash to the registry) and returns it once.
 pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error> {
-    let result = app.registry.transaction(|tx| {
-        let row = settled(
-            tx.user(id)?
-                .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
-        )?;
-        let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(&row)).map_err(
-            |source| Error::Provisioning {
-                op: "rotate the gateway token",
-                user: id.clone(),
-                source,
-            },
-        )?;
-        tx.set_token_hash(id, &token_hash(&token))?;
-        Ok(token)
+    let claim = app.busy.claim(id);
+    let result = claim.and_then(|_claim| {
+        app.registry.transaction(|tx| {
+            let row = settled(
+                tx.user(id)?
+                    .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+            )?;
+            let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(&row))
+                .map_err(|source| Error::Provisioning {
+                    op: "rotate the gateway token",
+                    user: id.clone(),
+                    source,
+                })?;
+            tx.set_token_hash(id, &token_hash(&token))?;
+            Ok(token)
+        })
     });
     if result.is_ok() {
         tracing::info!(user_id = %id, actor, "gateway token rotated");
@@ -253,33 +261,83 @@ pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error
     audited(app, actor, "user.token.rotate", id, result)
 }
 
-/// Removes a member: archives and deletes the directory, then the row commits away (uid, port, bindings freed).
+/// Removes a member: archives and deletes the directory, then deletes the row (uid, port, bindings freed).
 /// If archiving fails nothing is deleted and the row stays.
+///
+/// Archiving can take seconds for a big tree, so it runs outside any registry transaction (the registry file is
+/// shared with the webhook store, whose writers must not wait that long); the per-user claim keeps a concurrent
+/// create, update or removal of the same member out meanwhile.
 pub fn delete(app: &App, actor: &str, id: &UserId) -> Result<Removed, Error> {
-    let result = app.registry.transaction(|tx| {
-        settled(tx.delete_user(id)?)?;
-        let archive = match provisioning::deprovision(&app.layout, id) {
-            Ok(archive) => Some(archive),
-            Err(provisioning::Error::NotProvisioned { path, .. }) => {
-                tracing::warn!(user_id = %id, path = %path.display(), "no state directory to archive; removing the row");
-                remove_new_tree(app, id); // the runtime dir, if any
-                None
-            }
-            Err(source) => {
-                return Err(Error::Provisioning {
-                    op: "archive and remove the state directory",
-                    user: id.clone(),
-                    source,
-                });
-            }
-        };
-        Ok(Removed {
-            id: id.clone(),
-            archive,
-        })
-    });
+    let result = delete_steps(app, id);
     if let Ok(removed) = &result {
         tracing::info!(user_id = %id, archive = ?removed.archive, actor, "user removed");
     }
     audited(app, actor, "user.delete", id, result)
+}
+
+fn delete_steps(app: &App, id: &UserId) -> Result<Removed, Error> {
+    let _claim = app.busy.claim(id)?;
+    settled(
+        app.registry
+            .user(id)?
+            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+    )?;
+    let archive = match provisioning::deprovision(&app.layout, id) {
+        Ok(archive) => Some(archive),
+        Err(provisioning::Error::NotProvisioned { path, .. }) => {
+            tracing::warn!(user_id = %id, path = %path.display(), "no state directory to archive; removing the row");
+            remove_new_tree(app, id); // the runtime dir, if any
+            None
+        }
+        Err(source) => {
+            return Err(Error::Provisioning {
+                op: "archive and remove the state directory",
+                user: id.clone(),
+                source,
+            });
+        }
+    };
+    // The tree is archived and gone; a failure here leaves a row without a tree, which the next removal clears.
+    app.registry.transaction(|tx| tx.delete_user(id))?;
+    Ok(Removed {
+        id: id.clone(),
+        archive,
+    })
+}
+
+/// Members with an operation in flight in this daemon: at most one create, update, token rotation or removal per
+/// member at a time (provisioning is serialised per user id). A second request gets 409 `user-busy`.
+#[derive(Debug, Default)]
+pub struct Busy(Mutex<HashSet<UserId>>);
+
+/// Holds a member's claim; released on drop.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    busy: &'a Busy,
+    id: UserId,
+}
+
+impl Busy {
+    /// Claims `id`, or fails with `UserBusy` if another operation holds it.
+    pub fn claim(&self, id: &UserId) -> Result<Claim<'_>, Error> {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if set.insert(id.clone()) {
+            Ok(Claim {
+                busy: self,
+                id: id.clone(),
+            })
+        } else {
+            Err(Error::UserBusy { user: id.clone() })
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.busy
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
