@@ -1,9 +1,14 @@
 //! User operations that change the registry row and the state directory together, as one logical operation:
 //! create, update (re-provision), rotate the gateway token, delete (archive first). Each appends to `events`.
 //!
-//! Consistency rule: the registry row and the directory appear and disappear together. The row is written inside a
-//! registry transaction that stays open while `provisioning` runs; a provisioning failure rolls the row back (and
-//! provisioning removes its own files), and a failure after provisioning created a tree removes that tree again.
+//! Consistency rule: an `active` row and a complete directory appear and disappear together.
+//! - create: the row is reserved as `provisioning` (id, uid, port taken atomically), the tree is provisioned outside
+//!   any registry transaction (so creates run in parallel), then the row becomes `active`; a provisioning failure
+//!   deletes the reserved row (provisioning removes its own files), a failed activation also removes the new tree,
+//!   and rows a crash left in `provisioning` are swept (tree archived) at the next start;
+//! - update and token rotation re-provision inside a short registry transaction, rolled back if provisioning fails;
+//! - delete archives and removes the tree first, outside any transaction, then deletes the row.
+//! A per-member claim ([`Busy`]) keeps two of these from running for the same member at once.
 //! These functions are synchronous: the admin API runs them on a blocking thread.
 
 use std::collections::HashSet;
