@@ -453,6 +453,9 @@ async fn each_binding_kind_reaches_the_right_worker_with_rewritten_headers() {
     assert!(h.contains_key("www-authenticate"));
 }
 
+/// One cross-tenant attempt: its name, the request path, and extra headers.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_token_never_opens_another_members_worker_or_agent() {
     let dedicated_ids = ["alice", "carol"];
@@ -485,7 +488,7 @@ async fn a_member_token_never_opens_another_members_worker_or_agent() {
         for &other in everyone.iter().filter(|&&o| o != me) {
             let host = format!("{other}.helm.test");
             let path = format!("/u/{other}/x");
-            let cases: [(&str, String, Vec<(&str, &str)>); 4] = [
+            let cases: [Case<'_>; 4] = [
                 (
                     "host+bearer",
                     "/x".to_owned(),
@@ -817,11 +820,10 @@ async fn a_stopped_worker_is_woken_by_its_first_request_and_stopped_when_idle() 
 async fn a_stopped_worker_is_woken_before_its_next_cron_job() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("cron")).unwrap();
-    let soon = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 5_000;
+        .unwrap();
+    let soon = u64::try_from(now.as_millis()).unwrap() + 5_000;
     let jobs = json!({"version":1,"jobs":[{"id":"j1","name":"standup","enabled":true,
         "schedule":{"kind":"every","everyMs":86_400_000},"state":{"nextRunAtMs":soon}}]});
     let mut f = std::fs::File::create(dir.path().join("cron/jobs.json")).unwrap();
@@ -968,7 +970,7 @@ async fn slowloris_and_idle_connection_floods_do_not_starve_other_clients() {
     let idle_count = if hard >= 12_000 {
         5_000
     } else {
-        (hard as usize / 3).min(5_000)
+        usize::try_from(hard / 3).unwrap().min(5_000)
     };
     let be = Backend::start("unused").await;
     // Long enough for the flood to stay connected while the other client is measured.
