@@ -135,6 +135,15 @@ async fn backend_handle(
             .unwrap();
         return Ok(resp);
     }
+    if req.uri().path() == "/echo" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Ok(Response::new(Full::new(body).boxed()));
+    }
     if req.uri().path() == "/hang" {
         release.notified().await;
     }
@@ -1065,4 +1074,93 @@ async fn slowloris_and_idle_connection_floods_do_not_starve_other_clients() {
         "closed after {closed_after:?}: before the header timeout?"
     );
     drop(idle);
+}
+
+/// One request with a body (`chunked` when `content_length` is false) on a fresh connection.
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    auth: &str,
+    body: Vec<u8>,
+    content_length: bool,
+) -> (StatusCode, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "edge")
+        .header("authorization", auth);
+    let resp = if content_length {
+        sender
+            .send_request(req.body(Full::new(Bytes::from(body)).boxed()).unwrap())
+            .await
+    } else {
+        // A stream body has no exact size: hyper sends it chunked.
+        let chunks = body
+            .chunks(256)
+            .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::copy_from_slice(c))))
+            .collect::<Vec<_>>();
+        sender
+            .send_request(
+                req.body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                    chunks,
+                ))))
+                .unwrap(),
+            )
+            .await
+    };
+    let resp = resp.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_to_the_worker_within_the_size_limit() {
+    let be = Backend::start("unused").await;
+    let cfg = ProxyConfig {
+        max_body_bytes: 4096,
+        ..test_config()
+    };
+    let proxy = start_proxy(
+        vec![dedicated(
+            "alice",
+            all_bindings(),
+            UpstreamState::Running(be.addr),
+        )],
+        cfg,
+        None,
+    )
+    .await;
+    let auth = bearer("alice");
+    let small: Vec<u8> = (0..3000u32)
+        .map(|i| b'a' + u8::try_from(i % 26).unwrap())
+        .collect();
+    for content_length in [true, false] {
+        let (s, body) = post(
+            proxy.addr,
+            "/u/alice/echo",
+            &auth,
+            small.clone(),
+            content_length,
+        )
+        .await;
+        assert_eq!(s, 200, "content_length={content_length}");
+        assert_eq!(body, small, "content_length={content_length}");
+    }
+    // Over the limit: refused up front when the length is declared.
+    let before = be.seen().len();
+    let (s, _) = post(proxy.addr, "/u/alice/echo", &auth, vec![b'x'; 5000], true).await;
+    assert_eq!(s, 413);
+    assert_eq!(
+        be.seen().len(),
+        before,
+        "a declared oversize body never reaches the worker"
+    );
+    // Chunked past the limit: cut off while streaming, still the client's fault.
+    let (s, _) = post(proxy.addr, "/u/alice/echo", &auth, vec![b'x'; 8000], false).await;
+    assert_eq!(s, 413);
 }
