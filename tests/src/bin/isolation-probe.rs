@@ -8,7 +8,10 @@
 //! - `--alloc`: serve, and allocate + touch memory without bound (killed by the cgroup memory limit);
 //! - `--forkbomb`: serve, and start `--park` children until fork fails; prints `{"forked":N,"error":"EAGAIN"}`;
 //! - `--park`: block forever;
-//! - `--probe …`: attempt every cross-tenant action, print ONE JSON line of outcomes (`"ok"` or the errno name), exit 0.
+//! - `--probe …`: attempt every cross-tenant action, print ONE JSON line of outcomes (`"ok"` or the errno name), exit 0;
+//! - `--bench-lifecycle --root <dir> --worker <bin> [--spawn 100] [--levels 200,500,1000]`: NOT sandboxed itself; acts
+//!   as the supervisor (run as root): spawn-until-Ready p50/p95 through `supervisor::lifecycle` vs a plain fork/exec
+//!   baseline of the same binary, then idle capacity (health p99) and supervisor RSS. Used by `tests/bench/lifecycle.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -51,6 +54,9 @@ fn main() -> std::process::ExitCode {
         loop {
             std::thread::park();
         }
+    }
+    if has(&args, "--bench-lifecycle") {
+        return bench::run(&args);
     }
     if has(&args, "--probe") {
         probe(&args);
@@ -296,4 +302,248 @@ fn probe(args: &[String]) {
             .unwrap_or_default(),
     );
     println!("{}", serde_json::to_string(&out).unwrap());
+}
+
+// Indices and counts here are < 2000 (ports, uids) and percentiles index small vectors: casts cannot truncate.
+#[allow(clippy::cast_possible_truncation)]
+mod bench {
+    //! The lifecycle benchmark (see the file header).
+
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{ExitCode, Stdio};
+    use std::time::{Duration, Instant};
+
+    use futures_util::StreamExt;
+    use supervisor::lifecycle::{Manager, ManagerConfig, Policy, Runtime, WorkerSpec};
+    use supervisor::sandbox::{Identity, PortRange, ResourceLimits, Rlimits};
+
+    const FIRST_PORT: u16 = 24000;
+    const BASE_PORT: u16 = 27000;
+    const FIRST_UID: u32 = 62000;
+
+    fn pct(sorted: &[f64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i.min(sorted.len() - 1)]
+    }
+
+    fn rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:")
+                        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    fn tenant_spec(root: &Path, worker: &Path, i: usize) -> WorkerSpec {
+        let uid = FIRST_UID + i as u32;
+        let name = format!("b{i}");
+        let user_dir = root.join("users").join(&name);
+        let runtime_dir = root.join("run").join(&name);
+        for d in [&user_dir, &runtime_dir] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+        let env_file = runtime_dir.join("gateway.env");
+        std::fs::File::create(&env_file).unwrap();
+        std::os::unix::fs::chown(&env_file, Some(uid), Some(uid)).unwrap();
+        WorkerSpec {
+            user_id: name.parse().unwrap(),
+            runtime: Runtime::Wirebot {
+                program: worker.to_owned(),
+                extra_args: vec![],
+            },
+            identity: Identity { uid, gid: uid },
+            user_dir,
+            runtime_dir,
+            env_file,
+            port: FIRST_PORT + i as u16,
+            limits: ResourceLimits {
+                memory_bytes: Some(256 << 20),
+                pids: Some(64),
+                cpu_percent: Some(100),
+            },
+            rlimits: Rlimits {
+                nofile: 1024,
+                nproc: 256,
+            },
+        }
+    }
+
+    fn summary(label: &str, ms: &mut [f64]) -> f64 {
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p50 = pct(ms, 0.5);
+        println!(
+            "{label}: n={} p50={p50:.2} ms p95={:.2} ms max={:.2} ms",
+            ms.len(),
+            pct(ms, 0.95),
+            pct(ms, 1.0)
+        );
+        p50
+    }
+
+    /// Plain fork/exec of the same binary (no sandbox layers, root, binds its own port), until its ready line.
+    fn baseline(root: &Path, worker: &Path, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let dir = root.join("baseline").join(format!("b{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let port = (BASE_PORT + i as u16).to_string();
+                let t = Instant::now();
+                let mut child = std::process::Command::new(worker)
+                    .args(["--state-dir", dir.to_str().unwrap(), "--port", &port])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+                let ready = lines
+                    .find(|l| l.as_ref().is_ok_and(|l| l.contains("ready port=")))
+                    .is_some();
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                assert!(ready, "baseline worker {i} printed no ready line");
+                let _ = child.kill();
+                let _ = child.wait();
+                ms
+            })
+            .collect()
+    }
+
+    async fn health_sweep(ports: &[u16]) -> (Vec<f64>, usize) {
+        let results: Vec<Option<f64>> = futures_util::stream::iter(ports.iter().copied())
+            .map(|port| async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let t = Instant::now();
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head).await.ok()?;
+                head.starts_with(b"HTTP/1.1 200")
+                    .then(|| t.elapsed().as_secs_f64() * 1e3)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let failures = results.iter().filter(|r| r.is_none()).count();
+        (results.into_iter().flatten().collect(), failures)
+    }
+
+    pub(super) fn run(args: &[String]) -> ExitCode {
+        let root = PathBuf::from(super::arg_value(args, "--root").expect("--root"));
+        let worker = PathBuf::from(super::arg_value(args, "--worker").expect("--worker"));
+        let n: usize = super::arg_value(args, "--spawn")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(100);
+        let levels: Vec<usize> = super::arg_value(args, "--levels")
+            .unwrap_or_else(|| "200,500,1000".to_owned())
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+            .unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+        for d in ["users", "run"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let max = levels.iter().copied().max().unwrap_or(0).max(n);
+            let config = ManagerConfig {
+                logs_dir: root.join("logs"),
+                worker_ports: PortRange::new(FIRST_PORT, FIRST_PORT + 1999).unwrap(),
+                policy: Policy { health_interval: Duration::from_secs(10), ..Policy::default() },
+                private_tmp_bytes: Some(16 << 20),
+                stop_all_on_exit: true,
+                cgroup_group: "bench".to_owned(),
+            };
+            let t = Instant::now();
+            let (mgr, mut events) = Manager::new(config).unwrap();
+            println!("manager setup (cgroup detect + Landlock connect guard of ~63.5k port rules): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let specs: Vec<WorkerSpec> = (0..max).map(|i| tenant_spec(&root, &worker, i)).collect();
+            let mut sandboxed = Vec::new();
+            for s in &specs[..n] {
+                mgr.register(s.clone()).await;
+                let t = Instant::now();
+                mgr.ensure_running(&s.user_id).await.unwrap();
+                sandboxed.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let sp50 = summary("sandboxed spawn-until-Ready (supervisor::lifecycle, all layers)", &mut sandboxed);
+            let mut base = tokio::task::spawn_blocking({
+                let (root, worker) = (root.clone(), worker.clone());
+                move || baseline(&root, &worker, n)
+            })
+            .await
+            .unwrap();
+            let bp50 = summary("baseline plain fork/exec until ready line (no sandbox)", &mut base);
+            println!("ratio sandboxed/baseline p50: {:.2}x", sp50 / bp50);
+            let mut running = n;
+            for level in levels {
+                let mut more = Vec::new();
+                for s in &specs[running..level.max(running)] {
+                    mgr.register(s.clone()).await;
+                    let t = Instant::now();
+                    if let Err(e) = mgr.ensure_running(&s.user_id).await {
+                        println!("start failed at {}: {e}", s.user_id);
+                        break;
+                    }
+                    more.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                running = running.max(level.min(running + more.len()));
+                if !more.is_empty() {
+                    summary(&format!("  spawn-until-Ready while growing to {level}"), &mut more);
+                }
+                let ports: Vec<u16> = specs[..running].iter().map(|s| s.port).collect();
+                let mut all = Vec::new();
+                let mut failures = 0;
+                for _ in 0..3 {
+                    let (lat, f) = health_sweep(&ports).await;
+                    all.extend(lat);
+                    failures += f;
+                }
+                all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let pids: Vec<u32> = mgr.list().await.iter().filter_map(|r| r.pid).map(|p| p as u32).collect();
+                let workers_rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+                let sup_rss = rss_kib(std::process::id());
+                let p99 = pct(&all, 0.99);
+                println!(
+                    "idle workers {running}: health p50={:.2} ms p99={p99:.2} ms max={:.2} ms failures={failures}; supervisor RSS {:.1} MiB; workers RSS total {:.0} MiB ({:.1} MiB each)",
+                    pct(&all, 0.5),
+                    pct(&all, 1.0),
+                    sup_rss as f64 / 1024.0,
+                    workers_rss as f64 / 1024.0,
+                    workers_rss as f64 / 1024.0 / running.max(1) as f64
+                );
+                if p99 > 50.0 || failures > 0 || running < level {
+                    println!("stopping the ramp: p99 {p99:.1} ms, {failures} failures, {running} running");
+                    break;
+                }
+            }
+            let t = Instant::now();
+            mgr.shutdown().await;
+            println!("stopped {running} workers in {:.1} s", t.elapsed().as_secs_f64());
+            drain.abort();
+        });
+        ExitCode::SUCCESS
+    }
 }
