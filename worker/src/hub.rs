@@ -65,10 +65,12 @@ impl Outbox {
         self.send_text(protocol::event(name, payload, seq));
     }
 
-    /// Queues a close frame; nothing is queued after it.
+    /// Queues a close frame; nothing is queued after it. The reason is cut to the 123 bytes a close frame holds.
     pub fn close(&self, code: u16, reason: &str) {
         if !self.closed.swap(true, Ordering::Relaxed) {
-            let _ = self.tx.send(Outgoing::Close(code, reason.to_string()));
+            let _ = self
+                .tx
+                .send(Outgoing::Close(code, truncate_reason(reason).to_string()));
         }
     }
 
@@ -83,6 +85,15 @@ impl Outbox {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed) || self.tx.is_closed()
     }
+}
+
+/// A close reason fits in 123 bytes (125-byte control frame minus the code); cut at a char boundary.
+pub fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// Who should receive an event.
@@ -212,6 +223,12 @@ mod tests {
             b_rx.try_recv().is_err(),
             "agent b must not see agent a's event"
         );
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(truncate_reason("short"), "short");
+        assert_eq!(truncate_reason(&"é".repeat(100)).len(), 122);
     }
 
     #[test]

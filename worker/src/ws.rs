@@ -122,18 +122,13 @@ async fn handshake(
         }
         Ok(Inbound::Text(t)) => t,
     };
-    let frame = match protocol::parse_request(&text) {
-        Ok(f) => f,
-        Err((id, e)) => {
-            return refuse(
-                outbox,
-                id.as_deref(),
-                ConnectRefusal::policy(format!(
-                    "invalid handshake: first frame must be a connect request ({})",
-                    e.message
-                )),
-            );
-        }
+    // As Clawdbot: a frame that is not a valid request gets no response, just the close (1008).
+    let Ok(frame) = protocol::parse_request(&text) else {
+        return refuse(
+            outbox,
+            None,
+            ConnectRefusal::policy("invalid request frame"),
+        );
     };
     if frame.method != "connect" {
         return refuse(
