@@ -22,7 +22,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$work/nginx.pid" ] && kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    # nginx's master (daemon off) stops gracefully on QUIT.
+    [ -n "${NGINX_PID:-}" ] && kill -QUIT "$NGINX_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,7 +69,7 @@ http {
 }
 CONF
 "$NGINX" -p "$work" -c "$work/nginx.conf" 2>"$work/nginx.err" &
-pids+=($!)
+NGINX_PID=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 && break; sleep 0.05; done
 
 # bench NAME URL [wrk args...]: prints "NAME req/s p50_ms p99_ms"
