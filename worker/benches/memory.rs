@@ -241,11 +241,13 @@ async fn main() {
         end_to_end.push(t.elapsed());
     }
     let mut vector_only = Vec::new();
+    let mut vector_hits = Vec::new();
     for q in &queries {
         let qv = embed(q);
         let t = Instant::now();
-        index.search_with_vector("", Some(qv)).await.unwrap();
+        let hits = index.search_with_vector("", Some(qv)).await.unwrap();
         vector_only.push(t.elapsed());
+        vector_hits.push(hits);
     }
     let mut bm25 = Vec::new();
     for q in &queries {
@@ -257,12 +259,16 @@ async fn main() {
 
     // Baseline: the naive approach: every chunk's text and vector in RAM, scanned linearly per query.
     let conn = rusqlite::Connection::open(index.db_path()).unwrap();
-    let mut stmt = conn.prepare("SELECT text, embedding FROM chunks").unwrap();
-    let rows: Vec<(String, Vec<f32>)> = stmt
+    let mut stmt = conn
+        .prepare("SELECT text, embedding, path, start_line FROM chunks")
+        .unwrap();
+    let rows: Vec<(String, Vec<f32>, String, i64)> = stmt
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 serde_json::from_str(&r.get::<_, String>(1)?).unwrap(),
+                r.get(2)?,
+                r.get(3)?,
             ))
         })
         .unwrap()
@@ -276,7 +282,7 @@ async fn main() {
         let mut scored: Vec<(f32, usize)> = rows
             .iter()
             .enumerate()
-            .map(|(i, (text, v))| {
+            .map(|(i, (text, v, _, _))| {
                 let cos: f32 = v.iter().zip(&qv).map(|(a, b)| a * b).sum();
                 let kw =
                     words.iter().filter(|w| text.contains(**w)).count() as f32 / words.len() as f32;
@@ -287,6 +293,31 @@ async fn main() {
         scored.truncate(6);
         naive.push(t.elapsed());
     }
+    // Recall of the vector side against an exact scan: exact top-6 with cosine >= 0.5 (what minScore lets through).
+    let (mut expected, mut found) = (0usize, 0usize);
+    for (q, hits) in queries.iter().zip(&vector_hits).take(50) {
+        let qv = embed(q);
+        let mut exact: Vec<(f32, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.1.iter().zip(&qv).map(|(a, b)| a * b).sum::<f32>(), i))
+            .collect();
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (cos, i) in exact.into_iter().take(6).filter(|e| e.0 >= 0.5) {
+            let _ = cos;
+            expected += 1;
+            if hits
+                .iter()
+                .any(|h| h.path == rows[i].2 && h.start_line as i64 == rows[i].3)
+            {
+                found += 1;
+            }
+        }
+    }
+    println!(
+        "vector_recall_vs_exact_top6: {found}/{expected} ({:.2})",
+        found as f64 / expected.max(1) as f64
+    );
     let (h50, h95) = (percentile(&mut hybrid, 0.5), percentile(&mut hybrid, 0.95));
     let n50 = percentile(&mut naive, 0.5);
     println!(
