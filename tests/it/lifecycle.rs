@@ -35,6 +35,7 @@ fn config(root: &Path, policy: Policy, stop_all_on_exit: bool) -> ManagerConfig 
     ManagerConfig {
         logs_dir: root.join("logs"),
         worker_ports: PortRange::new(TEST_WORKER_PORTS.0, TEST_WORKER_PORTS.1).unwrap(),
+        egress_ports: Some(vec![443, 80, 53]),
         policy,
         private_tmp_bytes: Some(16 << 20),
         stop_all_on_exit,

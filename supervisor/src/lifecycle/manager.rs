@@ -28,6 +28,9 @@ pub struct ManagerConfig {
     pub logs_dir: PathBuf,
     /// The worker port range: workers may bind only their own port and connect to none in this range.
     pub worker_ports: PortRange,
+    /// TCP ports workers may connect to. `None`: every port outside `worker_ports` (complete, ~60 ms extra per
+    /// spawn); `Some(list)`: only these (e.g. 443, 80, 53 + LLM provider ports from config; no spawn cost).
+    pub egress_ports: Option<Vec<u16>>,
     pub policy: Policy,
     /// Size of each worker's private `/tmp`; `None` disables the private mount namespace.
     pub private_tmp_bytes: Option<u64>,
@@ -86,7 +89,11 @@ impl Manager {
             op: "detect cgroups",
             source,
         })?;
-        let guard = ConnectGuard::new(config.worker_ports).map_err(|source| Error::Setup {
+        let guard = match &config.egress_ports {
+            None => ConnectGuard::new(config.worker_ports),
+            Some(ports) => ConnectGuard::allow_only(ports, config.worker_ports),
+        }
+        .map_err(|source| Error::Setup {
             op: "build the Landlock connect guard",
             source,
         })?;

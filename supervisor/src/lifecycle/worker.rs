@@ -277,7 +277,7 @@ impl Worker {
     /// Starting: bind (once), open the log, create the cgroup, spawn, wait for readiness.
     async fn start(&mut self, rx: &mut mpsc::Receiver<Command>) -> bool {
         let started = Instant::now();
-        let (follow, listen_port) = match self.launch().await {
+        let (follow, listen_port, spawn_time) = match self.launch().await {
             Ok(v) => v,
             Err(e) => {
                 let error = format!("{e}: {}", error_chain(&e));
@@ -321,7 +321,13 @@ impl Worker {
                     }
                     self.health_failures = 0;
                     let ms = started.elapsed().as_millis();
-                    self.transition(WorkerState::Ready, format!("ready in {ms} ms"));
+                    self.transition(
+                        WorkerState::Ready,
+                        format!(
+                            "ready in {ms} ms (sandboxed spawn {} ms)",
+                            spawn_time.as_millis()
+                        ),
+                    );
                     let addr = self.addr();
                     self.answer_waiters(|_| Ok(addr));
                     return true;
@@ -366,7 +372,7 @@ impl Worker {
     }
 
     /// The spawn itself; on success `self.inst` is set. Returns the log follower and the expected port.
-    async fn launch(&mut self) -> Result<(Follow, u16), Error> {
+    async fn launch(&mut self) -> Result<(Follow, u16, Duration), Error> {
         let user_id = self.spec.user_id.clone();
         let io_err = |op, path: PathBuf| {
             let user_id = user_id.clone();
@@ -403,6 +409,7 @@ impl Worker {
             .map_err(io_err("duplicate the log fd", log_path.clone()))?;
         let env = self.env.clone();
         let spec = self.spec.clone();
+        let spawn_started = Instant::now();
         let spawned = tokio::task::spawn_blocking(move || {
             let name = format!("{}.{}", env.cgroup_group, spec.user_id);
             let cgroup = env.layout.create(&name, &spec.limits)?;
@@ -455,7 +462,7 @@ impl Worker {
             port = self.spec.port,
             "worker spawned"
         );
-        Ok((follow, self.spec.port))
+        Ok((follow, self.spec.port, spawn_started.elapsed()))
     }
 
     /// Ready/Running: watch for exit, run health checks, rotate logs, serve commands.

@@ -16,11 +16,14 @@
 //! 3. fds: `/dev/null` → 0, log file → 1 and 2, socket → 3, every other fd marked close-on-exec (`close_range`), so
 //!    no supervisor fd (registry, other tenants' sockets) leaks into the worker; marking instead of closing keeps our
 //!    error pipe and the Landlock ruleset fds usable until `execve`;
-//! 4. rlimits (NOFILE, NPROC, CORE=0) — while still privileged, since raising a hard limit later is impossible;
-//! 5. cgroup: the child writes `0` (= itself) into each `cgroup.procs` *before* exec, so not a single page or fork of
+//! 4. cgroup: the child writes `0` (= itself) into each `cgroup.procs` *before* exec, so not a single page or fork of
 //!    the worker escapes its limits (the parent writing the pid after fork would race with the exec); needs root;
-//! 6. mount namespace: `unshare(CLONE_NEWNS)`, `/` made recursively slave (our mounts never propagate back), a
-//!    small tmpfs on `/tmp` — needs CAP_SYS_ADMIN, so before any privilege is dropped;
+//! 5. mount namespace: `unshare(CLONE_NEWNS)`, `/` made recursively slave (our mounts never propagate back), a
+//!    small tmpfs on `/tmp` (and its Landlock rule, which can only name the tmpfs once mounted) — needs
+//!    CAP_SYS_ADMIN, so before any privilege is dropped;
+//! 6. rlimits (NOFILE, NPROC, CORE=0) — while still privileged, but *after* steps 4–5: they open files, and a lowered
+//!    NOFILE bounds fd *numbers*, which the supervisor's inherited (close-on-exec, still open) fds may exceed with
+//!    hundreds of workers (EMFILE seen at 500 workers when rlimits came first);
 //! 7. capability bounding set and ambient set cleared — `PR_CAPBSET_DROP` needs CAP_SETPCAP, which the uid switch
 //!    removes, so this comes *before* it;
 //! 8. `setgroups([])`, `setresgid`, `setresuid` — groups and gid first: after setresuid we could no longer change
@@ -52,9 +55,9 @@ pub enum PreExecStep {
     Signals = 1,
     Setsid,
     Fds,
-    Rlimits,
     Cgroup,
     MountNamespace,
+    Rlimits,
     CapabilityBounding,
     Identity,
     CapabilitySets,
@@ -294,15 +297,7 @@ unsafe fn pre_exec(
             .into(),
             S::Fds,
         )?;
-        // 4. rlimits
-        for (resource, value) in &p.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: *value,
-                rlim_max: *value,
-            };
-            check(libc::setrlimit(*resource, &lim).into(), S::Rlimits)?;
-        }
-        // 5. cgroup: "0" names the writing process itself.
+        // 4. cgroup: "0" names the writing process itself.
         for procs in &p.cgroup_procs {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             check(fd.into(), S::Cgroup)?;
@@ -310,7 +305,7 @@ unsafe fn pre_exec(
             libc::close(fd);
             check(n as libc::c_long, S::Cgroup)?;
         }
-        // 6. mount namespace with a private /tmp
+        // 5. mount namespace with a private /tmp
         if let Some(opts) = &p.private_tmp {
             check(libc::unshare(libc::CLONE_NEWNS).into(), S::MountNamespace)?;
             let root = c"/";
@@ -358,6 +353,14 @@ unsafe fn pre_exec(
                 libc::close(dir);
                 check(rc, S::Landlock)?;
             }
+        }
+        // 6. rlimits (after the steps that open files: see the file header)
+        for (resource, value) in &p.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: *value,
+                rlim_max: *value,
+            };
+            check(libc::setrlimit(*resource, &lim).into(), S::Rlimits)?;
         }
         // 7. bounding + ambient capability sets (needs CAP_SETPCAP: before the uid switch)
         for cap in 0..64 {

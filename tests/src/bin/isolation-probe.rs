@@ -418,6 +418,89 @@ mod bench {
             .collect()
     }
 
+    /// Cost of `sandbox::spawn` itself (fork → exec succeeded) for `/bin/true`, per layer left out.
+    fn layer_costs(
+        root: &Path,
+        guard: std::sync::Arc<supervisor::sandbox::ConnectGuard>,
+        allow: std::sync::Arc<supervisor::sandbox::ConnectGuard>,
+    ) {
+        use supervisor::sandbox::{CgroupLayout, SandboxSpec};
+        let layout = CgroupLayout::detect().unwrap();
+        let dir = root.join("users").join("layers");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(FIRST_UID + 1999), Some(FIRST_UID + 1999)).unwrap();
+        let variants = [
+            "all layers, connect guard = every port outside the worker range",
+            "no connect guard",
+            "no private /tmp",
+            "no cgroup",
+            "all layers, connect guard = allow-list 443,80,53",
+        ];
+        for (v, label) in variants.iter().enumerate() {
+            let mut ms: Vec<f64> = (0..30)
+                .map(|i| {
+                    let log: std::os::fd::OwnedFd = std::fs::File::create(root.join("layers.log"))
+                        .unwrap()
+                        .into();
+                    let t = Instant::now();
+                    let cgroup = (v != 3).then(|| {
+                        layout
+                            .create(
+                                &format!("bench-layers-{i}"),
+                                &ResourceLimits {
+                                    memory_bytes: Some(64 << 20),
+                                    pids: Some(16),
+                                    cpu_percent: Some(100),
+                                },
+                            )
+                            .unwrap()
+                    });
+                    let spec = SandboxSpec {
+                        program: PathBuf::from("/bin/true"),
+                        args: vec![],
+                        env: vec![],
+                        env_file: None,
+                        identity: Identity {
+                            uid: FIRST_UID + 1999,
+                            gid: FIRST_UID + 1999,
+                        },
+                        cwd: dir.clone(),
+                        rw_paths: vec![dir.clone()],
+                        ro_paths: vec![],
+                        bind_port: None,
+                        connect_guard: match v {
+                            1 => None,
+                            4 => Some(allow.clone()),
+                            _ => Some(guard.clone()),
+                        },
+                        listen_socket: None,
+                        stderr: log.try_clone().unwrap(),
+                        stdout: log,
+                        cgroup: cgroup.clone(),
+                        rlimits: Rlimits {
+                            nofile: 256,
+                            nproc: 64,
+                        },
+                        private_tmp_bytes: (v != 2).then_some(16 << 20),
+                    };
+                    let w = supervisor::sandbox::spawn(spec).unwrap();
+                    let elapsed = t.elapsed().as_secs_f64() * 1e3;
+                    while w.pidfd.try_wait().unwrap().is_none() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if let Some(cg) = cgroup {
+                        cg.remove().unwrap();
+                    }
+                    elapsed
+                })
+                .collect();
+            summary(
+                &format!("  sandbox::spawn(/bin/true), cgroup create included: {label}"),
+                &mut ms,
+            );
+        }
+    }
+
     async fn health_sweep(ports: &[u16]) -> (Vec<f64>, usize) {
         let results: Vec<Option<f64>> = futures_util::stream::iter(ports.iter().copied())
             .map(|port| async move {
@@ -471,6 +554,7 @@ mod bench {
             let config = ManagerConfig {
                 logs_dir: root.join("logs"),
                 worker_ports: PortRange::new(FIRST_PORT, FIRST_PORT + 1999).unwrap(),
+                egress_ports: Some(vec![443, 80, 53]),
                 policy: Policy { health_interval: Duration::from_secs(10), ..Policy::default() },
                 private_tmp_bytes: Some(16 << 20),
                 stop_all_on_exit: true,
@@ -478,8 +562,17 @@ mod bench {
             };
             let t = Instant::now();
             let (mgr, mut events) = Manager::new(config).unwrap();
-            println!("manager setup (cgroup detect + Landlock connect guard of ~63.5k port rules): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            println!("manager setup (cgroup detect + Landlock connect guard): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
             let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let guard = std::sync::Arc::new(
+                supervisor::sandbox::ConnectGuard::new(PortRange::new(FIRST_PORT, FIRST_PORT + 1999).unwrap()).unwrap(),
+            );
+            let allow = std::sync::Arc::new(
+                supervisor::sandbox::ConnectGuard::allow_only(&[443, 80, 53], PortRange::new(FIRST_PORT, FIRST_PORT + 1999).unwrap())
+                    .unwrap(),
+            );
+            let layer_root = root.clone();
+            tokio::task::spawn_blocking(move || layer_costs(&layer_root, guard, allow)).await.unwrap();
             let specs: Vec<WorkerSpec> = (0..max).map(|i| tenant_spec(&root, &worker, i)).collect();
             let mut sandboxed = Vec::new();
             for s in &specs[..n] {
@@ -488,7 +581,7 @@ mod bench {
                 mgr.ensure_running(&s.user_id).await.unwrap();
                 sandboxed.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            let sp50 = summary("sandboxed spawn-until-Ready (supervisor::lifecycle, all layers)", &mut sandboxed);
+            let sp50 = summary("sandboxed spawn-until-Ready (supervisor::lifecycle, all layers, egress allow-list)", &mut sandboxed);
             let mut base = tokio::task::spawn_blocking({
                 let (root, worker) = (root.clone(), worker.clone());
                 move || baseline(&root, &worker, n)
