@@ -29,14 +29,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME CMD...: runs CMD in the background and waits for its "ready port=<p>" line; prints the port.
+# start NAME CMD...: runs CMD in the background and waits for its "ready port=<p>" line; sets PORT.
+# (Not called in $(...): the pid must be recorded in this shell for the cleanup.)
 start() {
     local name=$1; shift
     "$@" >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
     for _ in $(seq 1 200); do
         if grep -q 'ready port=' "$work/$name.out" 2>/dev/null; then
-            sed -n 's/.*ready port=\([0-9]*\).*/\1/p' "$work/$name.out" | head -1
+            PORT=$(sed -n 's/.*ready port=\([0-9]*\).*/\1/p' "$work/$name.out" | head -1)
             return
         fi
         sleep 0.05
@@ -45,8 +46,8 @@ start() {
     exit 1
 }
 
-BACKEND=$(start backend "$BIN" backend)
-PROXY=$(start proxy "$BIN" proxy "127.0.0.1:$BACKEND")
+start backend "$BIN" backend; BACKEND=$PORT
+start proxy "$BIN" proxy "127.0.0.1:$BACKEND"; PROXY=$PORT
 NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$work/logs"
 cat >"$work/nginx.conf" <<CONF
