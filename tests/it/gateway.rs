@@ -1462,3 +1462,66 @@ async fn hooks_are_off_unless_enabled() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+// ---------------------------------------------------------------- presence and slow consumers
+
+#[tokio::test]
+async fn operators_get_presence_events_and_scoped_clients_stay_out_of_presence() {
+    let (_f, _d, w) = setup(|f| multi_agent_config(TOKEN, f, &["main", "tenant"])).await;
+    let mut op = client(&w).await;
+    let mut p = connect_params(TOKEN);
+    p["client"] = json!({"id": "cli", "displayName": "second-operator", "version": "9", "platform": "linux", "mode": "cli"});
+    let _second = WsClient::connect_with(&w.ws_url(), None, p).await.unwrap();
+    let ev = op
+        .next_event_where(T, |e| {
+            e["event"] == "presence" && e.to_string().contains("second-operator")
+        })
+        .await
+        .expect("presence event for the new operator");
+    assert!(
+        ev["payload"]["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["host"] == "second-operator" && p["mode"] == "cli")
+    );
+    let mut scoped = WsClient::connect(&w.ws_url(), TOKEN, Some("tenant"))
+        .await
+        .unwrap();
+    assert_eq!(
+        scoped.hello["snapshot"]["presence"],
+        json!([]),
+        "tenants do not see who else is connected"
+    );
+    let seen = scoped.drain_events(ms(200)).await;
+    assert!(seen.iter().all(|e| e["event"] != "presence"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let (fake, _d, w) = setup(|f| basic_config(TOKEN, f)).await;
+    // 150 tokens of 4 KiB: cumulative agent/chat events add up to ~45 MB unless dropped.
+    fake.set_default(Reply::text(&"abcd".repeat(150 * 1024), 150, ms(1)));
+    let mut op = client(&w).await;
+    let mut slow = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    slow.raw()
+        .send_json(&json!({"type": "req", "id": "s", "method": "chat.send",
+        "params": {"sessionKey": "main", "message": "flood me", "idempotencyKey": "flood"}}))
+        .await
+        .unwrap();
+    // The slow client reads nothing until the run is over.
+    let done = op
+        .call_ok("agent.wait", json!({"runId": "flood", "timeoutMs": 60000}))
+        .await;
+    assert_eq!(done["status"], "ok");
+    let (close, frames) = slow.raw().recv_until_close(Duration::from_secs(60)).await;
+    assert_eq!(close, (1008, "slow consumer".into()));
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f["event"] == "chat" && f["payload"]["state"] == "final"),
+        "the final event was not queued for the slow client"
+    );
+    // The operator that kept reading got everything.
+    op.wait_chat("flood", "final", T).await;
+}
