@@ -164,9 +164,10 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
     );
     let mut messages = match gw.sessions.history(&s.agent, &s.key, HISTORY_MESSAGES) {
         Ok((_, msgs)) => msgs.iter().filter_map(to_model_message).collect::<Vec<_>>(),
-        Err(e) => vec![Message::text(Role::User, s.message.clone())].into_iter().inspect(|_| {
+        Err(e) => {
             tracing::warn!(error = %e, "reading the transcript failed; sending only the new message");
-        }).collect(),
+            vec![Message::text(Role::User, s.message.clone())]
+        }
     };
     let system = prompt::build(
         &s.agent,
