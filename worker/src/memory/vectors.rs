@@ -1,6 +1,6 @@
 //! An in-memory copy of the index's vectors for nearest-neighbour search in Rust: unit vectors quantised to
-//! int8 (N × dims bytes) plus their sign bits (N × dims/8 bytes). Up to `EXACT_LIMIT` vectors are scanned
-//! exactly (int8 cosine); above it a Hamming scan over the sign bits picks `RERANK` candidates that are then
+//! int8 (N × dims bytes) plus their ternary signs (N × dims/4 bytes). Up to `EXACT_LIMIT` vectors are scanned
+//! exactly (int8 cosine); above it a popcount scan over the signs picks `RERANK` candidates that are then
 //! scored exactly, trading a little recall for ~8× less memory traffic per query. sqlite-vec's `vec0` scan
 //! reads every float from SQLite pages per query instead. Rebuilt lazily from `chunks_vec` after a sync.
 
@@ -15,7 +15,7 @@ pub(crate) struct VectorCache {
     ids: Vec<String>,
     data: Vec<i8>,
     norms: Vec<f32>,
-    /// Sign bits, `words` u64 per vector.
+    /// Ternary sign bits, `2 × words` u64 per vector (positive, negative).
     bits: Vec<u64>,
     words: usize,
 }
@@ -26,14 +26,19 @@ const EXACT_LIMIT: usize = 20_000;
 const RERANK: usize = 1_024;
 
 fn sign_bits(v: &[i8], out: &mut Vec<u64>) {
+    // Ternary signs: per 64 dimensions one word of positive and one of negative components; zeros set
+    // neither, so sparse vectors keep their support (plain sign bits would not).
     for chunk in v.chunks(64) {
-        let mut word = 0u64;
+        let (mut pos, mut neg) = (0u64, 0u64);
         for (i, x) in chunk.iter().enumerate() {
             if *x > 0 {
-                word |= 1 << i;
+                pos |= 1 << i;
+            } else if *x < 0 {
+                neg |= 1 << i;
             }
         }
-        out.push(word);
+        out.push(pos);
+        out.push(neg);
     }
 }
 
@@ -123,24 +128,26 @@ impl VectorCache {
         let mut scored: Vec<(f32, u32)> = if self.ids.len() <= EXACT_LIMIT {
             (0..self.ids.len()).map(|i| (score(i), as_u32(i))).collect()
         } else {
-            let mut qbits = Vec::with_capacity(self.words);
+            let mut qbits = Vec::with_capacity(2 * self.words);
             sign_bits(&q, &mut qbits);
-            let mut near: Vec<(u32, u32)> = self
+            // Agreeing signs minus disagreeing signs: a sign-only estimate of the dot product.
+            let mut near: Vec<(i32, u32)> = self
                 .bits
-                .chunks_exact(self.words)
+                .chunks_exact(2 * self.words)
                 .enumerate()
                 .map(|(i, b)| {
-                    (
-                        b.iter()
-                            .zip(&qbits)
-                            .map(|(x, y)| (x ^ y).count_ones())
-                            .sum(),
-                        as_u32(i),
-                    )
+                    let mut agree = 0i32;
+                    for (d, qw) in b.chunks_exact(2).zip(qbits.chunks_exact(2)) {
+                        let same = (d[0] & qw[0]).count_ones() + (d[1] & qw[1]).count_ones();
+                        let diff = (d[0] & qw[1]).count_ones() + (d[1] & qw[0]).count_ones();
+                        agree +=
+                            i32::try_from(same).unwrap_or(0) - i32::try_from(diff).unwrap_or(0);
+                    }
+                    (agree, as_u32(i))
                 })
                 .collect();
             let keep = RERANK.max(k.saturating_mul(16)).min(near.len());
-            near.select_nth_unstable_by_key(keep - 1, |e| e.0);
+            near.select_nth_unstable_by_key(keep - 1, |e| std::cmp::Reverse(e.0));
             near.truncate(keep);
             near.into_iter()
                 .filter_map(|(_, i)| usize::try_from(i).ok())
