@@ -1164,3 +1164,117 @@ async fn request_bodies_stream_to_the_worker_within_the_size_limit() {
     let (s, _) = post(proxy.addr, "/u/alice/echo", &auth, vec![b'x'; 8000], false).await;
     assert_eq!(s, 413);
 }
+
+/// The real `wirebot-worker` behind the proxy: a dedicated member reaches their own gateway through the path route
+/// with the browser-style `?token=`, a shared member their own agent of the shared gateway (whose internal token
+/// they never hold), each with a full protocol-v3 handshake and a chat streamed as deltas then a final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_worker_chat_streams_through_the_proxy_for_dedicated_and_shared_members() {
+    use tests::fake_provider::{FakeProvider, Reply};
+    use tests::worker::{
+        Worker, WorkerOpts, WsClient, basic_config, multi_agent_config, write_config,
+    };
+
+    let fake = FakeProvider::start().await;
+    fake.set_default(Reply::text(
+        "streamed answer from the worker",
+        6,
+        Duration::from_millis(20),
+    ));
+    let alice_dir = tempfile::tempdir().unwrap();
+    write_config(alice_dir.path(), &basic_config(&token("alice"), &fake));
+    let alice_worker = Worker::start(alice_dir.path(), WorkerOpts::default());
+    let shared_dir = tempfile::tempdir().unwrap();
+    write_config(
+        shared_dir.path(),
+        &multi_agent_config(SHARED_INTERNAL, &fake, &["bob", "dave"]),
+    );
+    let shared_worker = Worker::start(shared_dir.path(), WorkerOpts::default());
+    let local = |port: u16| UpstreamState::Running(SocketAddr::from(([127, 0, 0, 1], port)));
+    let proxy = start_proxy(
+        vec![
+            dedicated("alice", all_bindings(), local(alice_worker.port)),
+            shared("bob", all_bindings(), local(shared_worker.port)),
+            shared("dave", all_bindings(), local(shared_worker.port)),
+        ],
+        test_config(),
+        None,
+    )
+    .await;
+
+    async fn chat(c: &mut WsClient, run: &str) -> Vec<Value> {
+        let ack = c
+            .call_ok(
+                "chat.send",
+                json!({"sessionKey": "main", "message": "hi", "idempotencyKey": run}),
+            )
+            .await;
+        assert_eq!(ack["status"], "started");
+        let fin = c.wait_chat(run, "final", Duration::from_secs(20)).await;
+        assert_eq!(
+            fin["message"]["content"][0]["text"],
+            "streamed answer from the worker"
+        );
+        vec![fin]
+    }
+
+    // Dedicated: the page's WebSocket on /u/alice/?token=…; the token in the connect frame passes untouched.
+    let url = format!("ws://{}/u/alice/?token={}", proxy.addr, token("alice"));
+    let mut alice = WsClient::connect(&url, &token("alice"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.hello["snapshot"]["sessionDefaults"]["mainSessionKey"],
+        "agent:main:main"
+    );
+    alice
+        .call_ok(
+            "chat.send",
+            json!({"sessionKey": "main", "message": "hi", "idempotencyKey": "a-1"}),
+        )
+        .await;
+    let delta = alice
+        .next_event_where(Duration::from_secs(20), |e| {
+            e["event"] == "chat" && e["payload"]["state"] == "delta"
+        })
+        .await
+        .expect("a delta before the final");
+    assert_eq!(delta["payload"]["runId"], "a-1");
+    alice
+        .wait_chat("a-1", "final", Duration::from_secs(20))
+        .await;
+
+    // Shared: bob's member token opens bob's agent only, even when he asks for dave's in the scope header.
+    let url = format!("ws://{}/?token={}", proxy.addr, token("bob"));
+    let mut bob = WsClient::connect(&url, &token("bob"), Some("dave"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.hello["snapshot"]["sessionDefaults"]["mainSessionKey"],
+        "agent:bob:main"
+    );
+    let fin = chat(&mut bob, "b-1").await;
+    assert_eq!(fin[0]["sessionKey"], "agent:bob:main");
+    assert_eq!(
+        bob.call_ok("agents.list", json!({})).await["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The member token alone never opens the shared worker directly, and alice's token not bob's agent.
+    assert!(
+        WsClient::connect(&shared_worker.ws_url(), &token("bob"), Some("bob"))
+            .await
+            .is_err()
+    );
+    let (s, _, _) = get(
+        proxy.addr,
+        "bob.helm.test",
+        "/",
+        &[("authorization", &bearer("alice"))],
+    )
+    .await;
+    assert_eq!(s, 403);
+}
