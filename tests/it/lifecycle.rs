@@ -563,3 +563,35 @@ async fn the_real_clawdbot_gateway_runs_as_a_sandboxed_worker() {
     mgr.shutdown().await;
     assert!(!alive(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_worker_cgroups_are_swept_so_no_orphan_survives() {
+    tests::require_root!();
+    let root = data_root();
+    let mut t = tenant(root.path(), "orph", 61091);
+    let s = spec(&mut t, worker_program(&[]));
+    let (first, _e1) = Manager::new(config(root.path(), Policy::default(), false)).unwrap();
+    first.register(s.clone()).await;
+    first.ensure_running(&s.user_id).await.unwrap();
+    let lost = first.status(&s.user_id).await.unwrap();
+    first.shutdown().await;
+    let pid = lost.pid.unwrap();
+    assert!(
+        alive(pid),
+        "left running by a supervisor without stop-on-exit"
+    );
+    // The record was lost: the next supervisor knows nothing of this worker, and must not leave it running.
+    let (second, _e2) = Manager::new(config(root.path(), Policy::default(), true)).unwrap();
+    let swept = second.sweep_unknown().await;
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert!(swept[0].ends_with(".orph"), "{swept:?}");
+    assert!(!alive(pid), "the orphan was killed");
+    assert!(
+        lost.cgroup.unwrap().dirs().all(|d| !d.exists()),
+        "and its cgroup removed"
+    );
+    // Now a fresh worker can start for the user: never two.
+    second.register(s.clone()).await;
+    second.ensure_running(&s.user_id).await.unwrap();
+    second.shutdown().await;
+}

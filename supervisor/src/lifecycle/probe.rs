@@ -23,7 +23,8 @@ pub(super) fn parse_ready_line(line: &str) -> Option<(u16, i32)> {
     Some((port?, pid?))
 }
 
-/// Polls the log for the ready line of `pid` (1 ms, doubling to 25 ms). Cancel-safe: drop it to stop.
+/// Polls the log for the ready line of `pid` (1 ms, doubling to 4 ms: one fstat per poll, only while starting).
+/// Cancel-safe: drop it to stop.
 pub(super) async fn ready_line(mut follow: Follow, pid: i32, port: u16) -> Result<(), String> {
     let mut pause = Duration::from_millis(1);
     loop {
@@ -44,7 +45,7 @@ pub(super) async fn ready_line(mut follow: Follow, pid: i32, port: u16) -> Resul
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(25));
+        pause = (pause * 2).min(Duration::from_millis(4));
     }
 }
 
