@@ -1525,3 +1525,15 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     // The operator that kept reading got everything.
     op.wait_chat("flood", "final", T).await;
 }
+
+#[tokio::test]
+async fn tick_events_arrive_on_the_advertised_interval() {
+    let (_f, _d, w) = setup(|f| basic_config(TOKEN, f)).await;
+    let mut c = client(&w).await;
+    let tick = c
+        .next_event("tick", Duration::from_secs(40))
+        .await
+        .expect("a tick within tickIntervalMs (+10 s slack)");
+    assert!(tick["payload"]["ts"].as_i64().unwrap() > 0);
+    assert!(tick["seq"].as_u64().unwrap() >= 1);
+}
