@@ -586,6 +586,14 @@ async fn hostile_requests_get_their_status_code_and_change_nothing() {
             "value echoed: {detail}"
         );
     }
+    // 503 store_busy with Retry-After while another writer holds the database (the registry mid-migration, say)
+    let blocker = rusqlite::Connection::open(&receiver.db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let answer = unchanged(&receiver, receiver.post(&id, &body)).await;
+    answer.problem(503, "store_busy");
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
     // 503 with Retry-After while shutting down
     receiver.shutdown.cancel();
     let answer = unchanged(&receiver, receiver.post(&id, &body)).await;
