@@ -124,7 +124,11 @@ impl WordPress {
         // On tmpfs when there is one: WordPress on SQLite commits every statement, and ~650 fsyncs on disk make an
         // install take seconds instead of under one.
         let shm = Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm)? } else { tempfile::tempdir()? };
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)?
+        } else {
+            tempfile::tempdir()?
+        };
         let root = dir.path().join("site");
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
