@@ -153,6 +153,14 @@ async fn kill_9_brings_the_worker_back_within_a_second() {
     // lifecycle benchmark), not asserted, so a loaded CI machine cannot make this test flaky.
     mgr.shutdown().await;
     assert!(!alive(new_pid), "stop_all_on_exit stopped it");
+    let stopped = next_event(&mut events, &user, WorkerState::Stopped, &mut seen).await;
+    assert!(
+        stopped
+            .detail
+            .starts_with(supervisor::lifecycle::STOP_ON_EXIT),
+        "a stop on exit is told apart from an operator stop: {}",
+        stopped.detail
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +253,8 @@ async fn graceful_stop_escalates_to_sigkill() {
     mgr.stop(&pia).await.unwrap();
     let ev = next_event(&mut events, &pia, WorkerState::Stopped, &mut seen).await;
     assert!(
-        ev.detail.starts_with("exited after SIGTERM"),
+        ev.detail
+            .starts_with("stop requested: exited after SIGTERM"),
         "{}",
         ev.detail
     );

@@ -18,6 +18,12 @@ use super::worker::{Command, Env, Instance, Worker};
 use super::{Error, Policy, probe};
 use crate::sandbox::{self, CgroupLayout, ConnectGuard, PidFd, PortRange, procfs};
 
+/// First words of the Stopped event's detail for an explicit stop (`worker stop`, user removed).
+pub const STOP_REQUESTED: &str = "stop requested";
+/// First words of the Stopped event's detail when the supervisor exits with `stop_all_on_exit`: a next supervisor
+/// should start these workers again (unlike an operator's stop).
+pub const STOP_ON_EXIT: &str = "supervisor exiting (stop-workers-on-exit)";
+
 /// Commands queued per worker before senders wait.
 const COMMAND_QUEUE: usize = 16;
 
@@ -180,7 +186,11 @@ impl Manager {
 
     /// Graceful stop (SIGTERM, grace, SIGKILL of the cgroup). The worker stays registered, Stopped.
     pub async fn stop(&self, user: &UserId) -> Result<(), Error> {
-        self.ask(user, |reply| Command::Stop { reply }).await
+        self.ask(user, |reply| Command::Stop {
+            reply,
+            why: STOP_REQUESTED,
+        })
+        .await
     }
 
     /// Stops (if running) and starts again; clears a quarantine and the restart counters.
@@ -327,7 +337,12 @@ impl Manager {
     pub async fn shutdown(self) {
         if self.inner.stop_all_on_exit {
             let users: Vec<UserId> = self.workers().keys().cloned().collect();
-            let stops = users.iter().map(|u| self.stop(u));
+            let stops = users.iter().map(|u| {
+                self.ask(u, |reply| Command::Stop {
+                    reply,
+                    why: STOP_ON_EXIT,
+                })
+            });
             for r in futures_util::future::join_all(stops).await {
                 if let Err(e) = r {
                     warn!(error = %e, "stopping a worker on exit failed");

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use provisioning::UserId;
 
 pub use logs::{log_path, tail_lines};
-pub use manager::{Adoption, Manager, ManagerConfig};
+pub use manager::{Adoption, Manager, ManagerConfig, STOP_ON_EXIT, STOP_REQUESTED};
 pub use policy::{Backoff, CrashWindow, Policy};
 pub use spec::{Runtime, WorkerSpec};
 pub use state::{Diagnosis, ExitCause, LifecycleEvent, WorkerRecord, WorkerState};

@@ -36,6 +36,9 @@ pub(super) enum Command {
     },
     Stop {
         reply: oneshot::Sender<()>,
+        /// Why, first in the Stopped event's detail: an operator stop vs a supervisor exiting with stop-on-exit
+        /// (which a next supervisor should start again) must be told apart in the audit log.
+        why: &'static str,
     },
     Status {
         reply: oneshot::Sender<WorkerRecord>,
@@ -261,7 +264,7 @@ impl Worker {
                     "restart requested (quarantine cleared)".to_owned(),
                 );
             }
-            Command::Stop { reply } => {
+            Command::Stop { reply, .. } => {
                 let _ = reply.send(());
             }
             Command::Status { .. } | Command::Update { .. } => {}
@@ -353,8 +356,8 @@ impl Worker {
                     Some(Command::Start { reply } | Command::Restart { reply }) => {
                         self.waiters.push(reply)
                     }
-                    Some(Command::Stop { reply }) => {
-                        let detail = self.stop_instance().await;
+                    Some(Command::Stop { reply, why }) => {
+                        let detail = format!("{why}: {}", self.stop_instance().await);
                         self.answer_waiters(|s| {
                             Err(Error::Stopped {
                                 user_id: s.user_id.clone(),
@@ -549,8 +552,8 @@ impl Worker {
                     format!("restart requested ({detail})"),
                 );
             }
-            Command::Stop { reply } => {
-                let detail = self.stop_instance().await;
+            Command::Stop { reply, why } => {
+                let detail = format!("{why}: {}", self.stop_instance().await);
                 self.listener = None;
                 self.transition(WorkerState::Stopped, detail);
                 let _ = reply.send(());
@@ -584,14 +587,17 @@ impl Worker {
                         "restart requested during back-off".to_owned(),
                     );
                 }
-                Some(Command::Stop { reply }) => {
+                Some(Command::Stop { reply, why }) => {
                     self.listener = None;
                     self.answer_waiters(|s| {
                         Err(Error::Stopped {
                             user_id: s.user_id.clone(),
                         })
                     });
-                    self.transition(WorkerState::Stopped, "stopped during back-off".to_owned());
+                    self.transition(
+                        WorkerState::Stopped,
+                        format!("{why}: stopped during back-off"),
+                    );
                     let _ = reply.send(());
                 }
                 Some(Command::Status { .. } | Command::Update { .. }) => {}

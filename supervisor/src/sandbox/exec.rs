@@ -33,7 +33,7 @@
 //! 11. `PR_SET_NO_NEW_PRIVS` — required by Landlock and seccomp for an unprivileged process; no setuid binary can
 //!     give privileges back;
 //! 12. Landlock (the connect guard layer, then the worker's own layer);
-//! 13. seccomp last: it denies `mount`, `unshare`, ... that steps 6–12 needed, and the filter itself must be the
+//! 13. seccomp last: it denies `mount`, `unshare`, ... that steps 5–12 needed, and the filter itself must be the
 //!     final word (Sandstorm's order);
 //! 14. write the pid into `LISTEN_PID=`, then `execve` with the prepared env.
 
@@ -123,7 +123,8 @@ pub(super) struct Prepared {
     pub(super) cgroup_procs: Vec<CString>,
     /// Mount options of the private `/tmp` tmpfs (`size=…,mode=1777`).
     pub(super) private_tmp: Option<CString>,
-    /// Landlock rights granted on the private `/tmp` (added to the LAST ruleset in `landlock` after the mount).
+    /// Landlock rights granted on the private `/tmp` (added to the LAST ruleset in `landlock`, the worker's own, after
+    /// the mount); 0 when there is no worker ruleset.
     pub(super) private_tmp_access: u64,
     pub(super) uid: libc::uid_t,
     pub(super) gid: libc::gid_t,
@@ -333,7 +334,7 @@ unsafe fn pre_exec(
                 S::MountNamespace,
             )?;
             // The worker's Landlock ruleset may only name this tmpfs now that it exists.
-            if let Some(ruleset) = p.landlock.last() {
+            if let Some(ruleset) = p.landlock.last().filter(|_| p.private_tmp_access != 0) {
                 let dir = libc::open(
                     tmp.as_ptr(),
                     libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,

@@ -95,8 +95,11 @@ fn prepare(spec: &SandboxSpec) -> Result<Prepared, Error> {
     if let Some(fd) = spec.connect_guard.as_ref().and_then(|g| g.fd()) {
         landlock.push(high(fd, "duplicate the connect guard")?);
     }
+    // Without Landlock filesystem support (old kernel) there is no worker ruleset to add the /tmp rule to.
+    let mut private_tmp_access = 0;
     if let Some(fd) = rules::worker_ruleset(spec)? {
         landlock.push(high(&fd, "move the worker ruleset above fd 9")?);
+        private_tmp_access = rules::private_tmp_access();
     }
     let cgroup_procs = match &spec.cgroup {
         Some(set) => set
@@ -131,7 +134,7 @@ fn prepare(spec: &SandboxSpec) -> Result<Prepared, Error> {
         ],
         cgroup_procs,
         private_tmp,
-        private_tmp_access: rules::private_tmp_access(),
+        private_tmp_access,
         uid: spec.identity.uid,
         gid: spec.identity.gid,
         cwd: path_cstring(&spec.cwd, "cwd")?,
