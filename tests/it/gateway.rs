@@ -951,6 +951,20 @@ async fn scoped_connections_never_see_another_agents_sessions_or_events() {
         )
         .await;
     assert_eq!(r["ok"], false);
+    let r = b
+        .call_ok(
+            "agent.wait",
+            json!({"runId": "alice-run", "timeoutMs": 100}),
+        )
+        .await;
+    assert_eq!(r["status"], "timeout", "another agent's run looks unknown");
+    let r = op
+        .call_ok(
+            "agent.wait",
+            json!({"runId": "alice-run", "timeoutMs": 100}),
+        )
+        .await;
+    assert_eq!(r["status"], "ok");
     // The operator sees both.
     assert_eq!(op.call_ok("sessions.list", json!({})).await["count"], 1);
     assert_eq!(

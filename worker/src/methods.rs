@@ -155,7 +155,7 @@ pub async fn dispatch(
         "sessions.reset" => sessions_reset(gw, conn, p).into(),
         "sessions.delete" => sessions_delete(gw, conn, p).into(),
         "agent" => agent(gw, conn, id, p),
-        "agent.wait" => agent_wait(gw, p).await.into(),
+        "agent.wait" => agent_wait(gw, conn, p).await.into(),
         _ => Reply::Err(ErrorShape::invalid(format!("unknown method: {method}"))),
     }
 }
@@ -755,8 +755,14 @@ struct WaitParams {
     timeout_ms: Option<u64>,
 }
 
-async fn agent_wait(gw: &Gateway, p: Option<Value>) -> Result<Value, ErrorShape> {
+async fn agent_wait(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorShape> {
     let p: WaitParams = params("agent.wait", p)?;
+    // A scoped connection only learns about its own agent's runs; others look unknown.
+    if let (Some(scope), Some(key)) = (&conn.scope, gw.runs.session_of(&p.run_id))
+        && key.agent_id() != *scope
+    {
+        return Ok(json!({"runId": p.run_id, "status": "timeout"}));
+    }
     let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(30_000));
     let Some((rx, started_at)) = gw.runs.watch(&p.run_id) else {
         return Ok(json!({"runId": p.run_id, "status": "timeout"}));

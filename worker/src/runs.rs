@@ -122,6 +122,12 @@ impl Runs {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.0.get(run_id).map(|r| (r.done.clone(), r.started_at))
     }
+
+    /// The session a known run belongs to.
+    pub fn session_of(&self, run_id: &str) -> Option<SessionKey> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(run_id).map(|r| r.session_key.clone())
+    }
 }
 
 fn evict(map: &mut HashMap<String, RunRecord>, order: &mut VecDeque<String>) {
