@@ -57,6 +57,16 @@ pub fn routes() -> Vec<Route> {
         route(Method::DELETE, "/v1/users/{id}", delete(delete_user)),
         route(Method::POST, "/v1/users/{id}/token", post(rotate_token)),
         route(Method::GET, "/v1/events", get(list_events)),
+        route(Method::GET, "/v1/workers", get(list_workers)),
+        route(Method::POST, "/v1/workers/{id}/start", post(start_worker)),
+        route(Method::POST, "/v1/workers/{id}/stop", post(stop_worker)),
+        route(
+            Method::POST,
+            "/v1/workers/{id}/restart",
+            post(restart_worker),
+        ),
+        route(Method::GET, "/v1/workers/{id}/logs", get(worker_logs)),
+        route(Method::GET, "/metrics", get(metrics)),
     ]
 }
 
@@ -469,10 +479,22 @@ async fn create_user(
     JsonObject(body): JsonObject,
 ) -> Result<Response, Error> {
     let request = create_request(&body)?;
-    let (user, token) = blocking(move || users::create(&app, &actor, request)).await?;
-    // PLUG (issue 4, lifecycle): for a dedicated user, start the worker and wait until Ready before answering.
+    let (user, token) = blocking({
+        let app = app.clone();
+        move || users::create(&app, &actor, request)
+    })
+    .await?;
+    crate::routes::rebuild_logged(&app).await;
+    // A dedicated member's worker is Ready before we answer (or the answer says why it is not).
+    crate::workers::ensure_ready(&app, &user).await?;
+    let worker = blocking({
+        let app = app.clone();
+        let id = user.id.clone();
+        move || app.registry.worker(&id)
+    })
+    .await?;
     let location = format!("/v1/users/{}", user.id);
-    let body = json!({ "user": UserView { user, worker: None }, "token": token.expose() });
+    let body = json!({ "user": UserView { user, worker }, "token": token.expose() });
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -488,14 +510,24 @@ async fn update_user(
     JsonObject(body): JsonObject,
 ) -> Result<Json<UserView>, Error> {
     let patch = update_request(&body)?;
-    // PLUG (issue 4/6, tier moves): a tier change starts/stops workers and flips the binding around this call.
-    let view = blocking(move || {
-        let user = users::update(&app, &actor, &id, patch)?;
-        let worker = app.registry.worker(&id)?;
-        Ok(UserView { user, worker })
+    // A move to the shared tier stops the dedicated worker first (the shared tier has no worker yet).
+    if patch.tier == Some(Tier::Shared) {
+        crate::workers::forget(&app, &id).await?;
+    }
+    let user = blocking({
+        let app = app.clone();
+        let id = id.clone();
+        move || users::update(&app, &actor, &id, patch)
     })
     .await?;
-    Ok(Json(view))
+    crate::routes::rebuild_logged(&app).await;
+    crate::workers::ensure_ready(&app, &user).await?;
+    let worker = blocking({
+        let app = app.clone();
+        move || app.registry.worker(&id)
+    })
+    .await?;
+    Ok(Json(UserView { user, worker }))
 }
 
 async fn delete_user(
@@ -503,8 +535,14 @@ async fn delete_user(
     Actor(actor): Actor,
     UserPath(id): UserPath,
 ) -> Result<Json<Value>, Error> {
-    // PLUG (issue 4, lifecycle): stop the user's worker (or drop its shared agent) before archiving the directory.
-    let removed = blocking(move || users::delete(&app, &actor, &id)).await?;
+    // The worker is stopped before its directory is archived (an archive of a live tree could be torn).
+    crate::workers::forget(&app, &id).await?;
+    let removed = blocking({
+        let app = app.clone();
+        move || users::delete(&app, &actor, &id)
+    })
+    .await?;
+    crate::routes::rebuild_logged(&app).await;
     Ok(Json(json!(removed)))
 }
 
@@ -515,11 +553,216 @@ async fn rotate_token(
 ) -> Result<Json<Value>, Error> {
     let token = blocking({
         let id = id.clone();
+        let app = app.clone();
         move || users::rotate_token(&app, &actor, &id)
     })
     .await?;
-    // PLUG (issue 4, lifecycle): a running worker reloads clawdbot.json (or restarts) to pick up the new token.
+    crate::routes::rebuild_logged(&app).await;
+    // A running dedicated worker restarts to read the new token from its clawdbot.json.
+    if let Some(manager) = app.workers.clone()
+        && let Ok(record) = manager.status(&id).await
+        && record.pid.is_some()
+    {
+        manager
+            .restart(&id)
+            .await
+            .map_err(|e| crate::workers::api_error(&id, e))?;
+    }
     Ok(Json(json!({ "id": id, "token": token.expose() })))
+}
+
+/// A worker as the API shows it: the lifecycle record with the diagnosis summary spelled out.
+fn worker_view(record: &crate::lifecycle::WorkerRecord) -> Value {
+    json!({
+        "user_id": record.user_id,
+        "state": record.state,
+        "pid": record.pid,
+        "port": record.port,
+        "restarts": record.restarts,
+        "diagnosis": record.diagnosis.as_ref().map(|d| json!({
+            "summary": d.summary(),
+            "cause": d.cause.to_string(),
+            "oom_kills": d.oom_kills,
+            "log_tail": d.log_tail,
+        })),
+    })
+}
+
+/// `GET /v1/workers`: every supervised worker, by user id.
+async fn list_workers(State(app): State<AppState>) -> Result<Json<Vec<Value>>, Error> {
+    let Some(manager) = app.workers.clone() else {
+        return Ok(Json(Vec::new()));
+    };
+    Ok(Json(manager.list().await.iter().map(worker_view).collect()))
+}
+
+/// Which worker action a `POST /v1/workers/{id}/<action>` asks for.
+#[derive(Debug, Clone, Copy)]
+enum WorkerAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+async fn worker_action(
+    app: AppState,
+    actor: String,
+    id: UserId,
+    action: WorkerAction,
+) -> Result<Json<Value>, Error> {
+    let manager = crate::workers::manager(&app)?;
+    let name = match action {
+        WorkerAction::Start => "worker.start",
+        WorkerAction::Stop => "worker.stop",
+        WorkerAction::Restart => "worker.restart",
+    };
+    let result = match action {
+        WorkerAction::Start => manager.ensure_running(&id).await.map(|_| ()),
+        WorkerAction::Stop => manager.stop(&id).await,
+        WorkerAction::Restart => manager.restart(&id).await.map(|_| ()),
+    }
+    .map_err(|e| crate::workers::api_error(&id, e));
+    let (outcome, detail) = match &result {
+        Ok(()) => (crate::registry::Outcome::Ok, None),
+        Err(e) => (crate::registry::Outcome::Error, Some(e.to_string())),
+    };
+    if !matches!(result, Err(Error::NoWorker { .. })) {
+        let app = app.clone();
+        let id = id.clone();
+        let _ = blocking(move || {
+            app.registry
+                .append_event(&actor, name, Some(id.as_str()), outcome, detail.as_deref())
+        })
+        .await;
+    }
+    result?;
+    let record = manager
+        .status(&id)
+        .await
+        .map_err(|e| crate::workers::api_error(&id, e))?;
+    Ok(Json(worker_view(&record)))
+}
+
+async fn start_worker(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+) -> Result<Json<Value>, Error> {
+    worker_action(app, actor, id, WorkerAction::Start).await
+}
+
+async fn stop_worker(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+) -> Result<Json<Value>, Error> {
+    worker_action(app, actor, id, WorkerAction::Stop).await
+}
+
+async fn restart_worker(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+) -> Result<Json<Value>, Error> {
+    worker_action(app, actor, id, WorkerAction::Restart).await
+}
+
+/// Most log lines one `GET /v1/workers/{id}/logs` returns.
+pub const LOG_MAX_LINES: usize = 10_000;
+
+/// `GET /v1/workers/{id}/logs?n=<lines>&offset=<byte offset>`: the last `n` lines of the worker's log (default 100),
+/// or, with `offset`, everything appended since that offset (for `wirebot logs -f`). Answers the next offset.
+async fn worker_logs(
+    State(app): State<AppState>,
+    UserPath(id): UserPath,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, Error> {
+    let query =
+        axum::extract::Query::<std::collections::BTreeMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| Error::Malformed {
+                detail: format!("bad query string: {}", e.body_text()),
+            })?
+            .0;
+    let bad = |detail: String| Error::Malformed { detail };
+    let mut n = 100usize;
+    let mut offset = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "n" => {
+                n = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=LOG_MAX_LINES).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!("n={value:?} is not between 1 and {LOG_MAX_LINES}"))
+                    })?;
+            }
+            "offset" => {
+                offset = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad(format!("offset={value:?} is not a byte offset")))?,
+                );
+            }
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let known = blocking({
+        let app = app.clone();
+        let id = id.clone();
+        move || app.registry.user(&id)
+    })
+    .await?;
+    if known.is_none() {
+        return Err(Error::UserNotFound { user: id });
+    }
+    let path = crate::lifecycle::log_path(&app.config.data_dir.join("logs"), &id);
+    let view = blocking(move || read_log(&path, n, offset)).await?;
+    Ok(Json(view))
+}
+
+fn read_log(path: &std::path::Path, n: usize, offset: Option<u64>) -> Result<Value, Error> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let io = |source| Error::Io {
+        op: "read the worker log",
+        path: path.to_owned(),
+        source,
+    };
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let lines = match offset {
+        None => crate::lifecycle::tail_lines(path, n).map_err(io)?,
+        Some(_) if len == 0 => Vec::new(),
+        Some(offset) => {
+            // Rotated (copytruncate) since the last call: start again from the top.
+            let from = if offset > len { 0 } else { offset };
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            file.seek(SeekFrom::Start(from)).map_err(io)?;
+            let mut buf = Vec::new();
+            file.take(len - from).read_to_end(&mut buf).map_err(io)?;
+            // Only whole lines; a partial last line is sent next time.
+            let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            return Ok(json!({ "lines": lines, "offset": from + end as u64 }));
+        }
+    };
+    Ok(json!({ "lines": lines, "offset": len }))
+}
+
+/// `GET /metrics`: the edge proxy's Prometheus text.
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Most events one `GET /v1/events` returns.

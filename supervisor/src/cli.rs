@@ -82,6 +82,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, start, stop and restart dedicated members' workers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Print a worker's log (`<data_dir>/logs/<id>.log`).
+    Logs {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// Keep printing new lines as they are written (until interrupted).
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+    },
     /// Show the daemon's status.
     Status {
         #[arg(long)]
@@ -142,6 +156,30 @@ pub enum UserCommand {
         /// Required: the current token is never shown again, only replaced.
         #[arg(long, required = true)]
         rotate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Every supervised worker: state, pid, port, restarts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a worker and wait until it is Ready.
+    Start {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Stop a worker (SIGTERM, grace, SIGKILL); its next proxied request starts it again.
+    Stop {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Restart a worker; clears a quarantine.
+    Restart {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
     },
 }
 
@@ -219,6 +257,10 @@ pub fn run_client(cli: &Cli) -> ExitCode {
             })
         }
         Command::User(command) => user(cli, command),
+        Command::Worker(command) => worker(cli, command),
+        Command::Logs { id, follow, lines } => parse_id(id).and_then(|id| {
+            with_daemon(cli, async |socket| logs(socket, &id, *follow, *lines).await)
+        }),
     };
     match result {
         Ok(()) => Exit::Ok.into(),
@@ -420,7 +462,7 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                         text(&worker["restarts"])
                     );
                     if let Some(diagnosis) = worker["diagnosis_json"].as_str() {
-                        println!("{:<13} {diagnosis}", "diagnosis:");
+                        print_diagnosis(diagnosis);
                     }
                 } else {
                     println!("{:<13} -", "worker:");
@@ -455,6 +497,116 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                 Ok(())
             })
         }
+    }
+}
+
+/// The quarantine (or last crash) diagnosis of `wirebot user show`: summary, then the last log lines.
+fn print_diagnosis(raw: &str) {
+    match serde_json::from_str::<crate::lifecycle::Diagnosis>(raw) {
+        Ok(d) => {
+            println!("{:<13} {}", "diagnosis:", d.summary());
+            let tail = &d.log_tail[d.log_tail.len().saturating_sub(20)..];
+            if !tail.is_empty() {
+                println!("last log lines:");
+                for line in tail {
+                    println!("  {line}");
+                }
+            }
+        }
+        Err(_) => println!("{:<13} {raw}", "diagnosis:"),
+    }
+}
+
+fn worker(cli: &Cli, command: &WorkerCommand) -> Result<(), Failure> {
+    let (id, action) = match command {
+        WorkerCommand::List { json } => {
+            return with_daemon(cli, async |socket| {
+                let workers = call(socket, Method::GET, "/v1/workers", None).await?;
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&workers).unwrap_or_default()
+                    );
+                    return Ok(());
+                }
+                let workers = workers.as_array().cloned().unwrap_or_default();
+                if workers.is_empty() {
+                    println!("no workers");
+                    return Ok(());
+                }
+                println!(
+                    "{:<24} {:<12} {:>8} {:>6} {:>8}  DIAGNOSIS",
+                    "USER", "STATE", "PID", "PORT", "RESTARTS"
+                );
+                for w in &workers {
+                    println!(
+                        "{:<24} {:<12} {:>8} {:>6} {:>8}  {}",
+                        text(&w["user_id"]),
+                        text(&w["state"]),
+                        text(&w["pid"]),
+                        text(&w["port"]),
+                        text(&w["restarts"]),
+                        text(&w["diagnosis"]["summary"])
+                    );
+                }
+                Ok(())
+            });
+        }
+        WorkerCommand::Start { id } => (id, "start"),
+        WorkerCommand::Stop { id } => (id, "stop"),
+        WorkerCommand::Restart { id } => (id, "restart"),
+    };
+    let id = parse_id(id)?;
+    with_daemon(cli, async |socket| {
+        let w = call(
+            socket,
+            Method::POST,
+            &format!("/v1/workers/{id}/{action}"),
+            None,
+        )
+        .await?;
+        println!(
+            "{id}: {} (pid {}, port {})",
+            text(&w["state"]),
+            text(&w["pid"]),
+            text(&w["port"])
+        );
+        Ok(())
+    })
+}
+
+/// Prints the last `lines` lines, then (with `follow`) polls for appended ones.
+async fn logs(socket: &Path, id: &UserId, follow: bool, lines: usize) -> Result<(), Failure> {
+    let n = lines.clamp(1, crate::admin::LOG_MAX_LINES);
+    let mut page = call(
+        socket,
+        Method::GET,
+        &format!("/v1/workers/{id}/logs?n={n}"),
+        None,
+    )
+    .await?;
+    loop {
+        let mut out = std::io::stdout().lock();
+        for line in page["lines"].as_array().into_iter().flatten() {
+            if writeln!(out, "{}", line.as_str().unwrap_or_default()).is_err() {
+                return Ok(()); // stdout closed
+            }
+        }
+        let _ = out.flush();
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        let offset = page["offset"].as_u64().unwrap_or(0);
+        // A human watching a log: a short poll is simpler than a push channel and cheap for the daemon.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        page = call(
+            socket,
+            Method::GET,
+            &format!("/v1/workers/{id}/logs?offset={offset}"),
+            None,
+        )
+        .await?;
     }
 }
 

@@ -347,6 +347,7 @@ section! {
         start_timeout_ms: u64,
         stop_grace_ms: u64,
         health_interval_ms: u64,
+        worker_program: PathBuf,
     }
 }
 
@@ -508,6 +509,8 @@ pub struct LifecycleConfig {
     pub start_timeout: Duration,
     pub stop_grace: Duration,
     pub health_interval: Duration,
+    /// The `wirebot-worker` executable; `None` = the sibling of the running `wirebot` binary.
+    pub worker_program: Option<PathBuf>,
 }
 
 /// The multi-agent worker hosting shared members.
@@ -707,6 +710,7 @@ impl Config {
             start_timeout: Duration::from_millis(lifecycle.start_timeout_ms.unwrap_or(10_000)),
             stop_grace: Duration::from_millis(lifecycle.stop_grace_ms.unwrap_or(5_000)),
             health_interval: Duration::from_millis(lifecycle.health_interval_ms.unwrap_or(5_000)),
+            worker_program: lifecycle.worker_program.clone(),
         };
         if lifecycle.health_interval.is_zero() {
             push(errors, "lifecycle.health_interval_ms", "must be at least 1");

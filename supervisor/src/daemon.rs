@@ -4,29 +4,36 @@
 //! The order is the runbook: the config was loaded and checked by the caller before anything here runs; [`prepare`]
 //! touches the disk; [`bind`] opens sockets; [`run`] serves until the shutdown token fires.
 //!
-//! Where later parts plug in (each marked `PLUG:` below):
-//! - the worker lifecycle manager (issue 4) becomes a field of [`App`], is started in [`run`] after the registry is
-//!   open (re-adopting recorded workers) and is stopped on shutdown unless workers should outlive the daemon;
-//! - the edge proxy (issue 5) gets its listener in [`Listeners`] (bound in [`bind`], announced in the ready line) and is
-//!   served in [`run`] like the admin listeners;
-//! - the webhook receiver (issue 6) likewise, on `config.webhooks.listen`.
+//! The parts wired in here:
+//! - the worker lifecycle [`Manager`] is a field of [`App`] (only when running as root: workers need their own uids
+//!   and cgroups); [`serve`] re-adopts recorded workers before the ready line, [`run`] records every transition and,
+//!   with `--stop-workers-on-exit`, stops every worker on shutdown (by default workers outlive the daemon);
+//! - the edge proxy gets its listener in [`Listeners`] (announced as `proxy=<addr>`), its route table in [`App`]
+//!   (rebuilt from the registry on every member change, see `routes.rs`), and its wake / idle-stop channels are
+//!   answered by the manager (see `workers.rs`); `GET /metrics` on the admin listener renders its metrics;
+//! - with `[webhooks] secrets_file`, the signed WordPress receiver is mounted at `POST /v1/webhooks/wordpress` on
+//!   the admin listeners (and served alone on `[webhooks] listen`), feeding the reconciler (`reconcile.rs`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use provisioning::{Layout, Secret};
+use provisioning::{Layout, Secret, UserId};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, ConfigErrors, UidRange};
 use crate::error::Error;
+use crate::lifecycle::{LifecycleEvent, Manager};
+use crate::proxy::{ProxyMetrics, RouteTableHandle, UpstreamState};
 use crate::registry::Registry;
 
 /// How `wirebot serve` was asked to run, beyond the config file.
@@ -74,13 +81,31 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Members with a create/update/rotate/removal in flight (one at a time per member).
     pub busy: crate::users::Busy,
-    // PLUG (issue 4, lifecycle): `pub workers: crate::lifecycle::Manager` — created in `prepare` from `registry` and
-    // `config.lifecycle`; admin handlers call it after `users::create`/`delete` (ensure running / stop first).
-    // PLUG (issue 5, proxy): `pub routes: Arc<crate::proxy::RouteTableHandle>` (+ `Arc<ProxyMetrics>`) — built in
-    // `prepare` with `RouteTableHandle::for_config(specs, &config.proxy)` from `registry.users()`/`bindings()`;
-    // admin handlers call `routes.replace(..)` after users::create/update/delete.
+    /// The worker lifecycle manager; `None` when the daemon is not root (no tenant uids, no cgroups: no workers).
+    pub workers: Option<Manager>,
+    /// The `wirebot-worker` executable dedicated workers run.
+    pub worker_program: PathBuf,
+    /// Transitions of every worker, taken once by [`run`]'s recorder task.
+    pub worker_events: Mutex<Option<mpsc::UnboundedReceiver<LifecycleEvent>>>,
+    /// The edge proxy's live route table.
+    pub routes: Arc<RouteTableHandle>,
+    /// The last known upstream of each worker; see `routes.rs` for the locking rule.
+    pub upstreams: Mutex<HashMap<UserId, UpstreamState>>,
+    /// The edge proxy's Prometheus metrics (`GET /metrics` on the admin listener).
+    pub metrics: Arc<ProxyMetrics>,
+    /// The webhook receiver's state, when `[webhooks] secrets_file` is configured.
+    pub webhooks: Option<crate::webhook::WebhookState>,
+    /// The reconciler's end of the webhook channel and the store, taken once by [`run`].
+    pub reconcile: Mutex<Option<ReconcileInput>>,
     /// Holds the exclusive lock on `<data_dir>/wirebot.lock` for the daemon's lifetime.
     _lock: Flock<File>,
+}
+
+/// What the reconciler task consumes.
+#[derive(Debug)]
+pub struct ReconcileInput {
+    pub store: Arc<crate::webhook::Store>,
+    pub requests: mpsc::Receiver<crate::webhook::ReconcileRequest>,
 }
 
 /// The sockets the daemon serves, bound before readiness is announced.
@@ -91,7 +116,10 @@ pub struct Listeners {
     pub admin_socket: PathBuf,
     /// The optional loopback TCP admin listener and the bearer token it requires.
     pub admin_tcp: Option<(TcpListener, Secret)>,
-    // PLUG (issue 5, proxy): `pub proxy: TcpListener` bound on `config.proxy.listen`.
+    /// The member-facing edge proxy listener (`[proxy] listen`).
+    pub proxy: TcpListener,
+    /// The webhook-only listener (`[webhooks] listen`), if configured.
+    pub webhooks: Option<TcpListener>,
     // PLUG (issue 6, webhooks): `pub webhooks: Option<TcpListener>` bound on `config.webhooks.listen`.
 }
 
@@ -108,6 +136,14 @@ impl Listeners {
             && let Ok(addr) = listener.local_addr()
         {
             line.push_str(&format!(" admin_tcp={addr}"));
+        }
+        if let Ok(addr) = self.proxy.local_addr() {
+            line.push_str(&format!(" proxy={addr}"));
+        }
+        if let Some(listener) = &self.webhooks
+            && let Ok(addr) = listener.local_addr()
+        {
+            line.push_str(&format!(" webhooks={addr}"));
         }
         line
     }
@@ -152,6 +188,14 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
     }
     private_dir(&config.data_dir)?;
     private_dir(&config.runtime_dir)?;
+    let root = nix::unistd::Uid::effective().is_root();
+    if root {
+        // Tenants must traverse (not list) the data and runtime dirs to reach their own `users/<id>` dirs.
+        for dir in [&config.data_dir, &config.runtime_dir] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(io_err("set the mode of", dir))?;
+        }
+    }
     // Never chmod a socket directory we did not create (it could be /tmp).
     if let Some(parent) = config.admin.socket.parent()
         && !parent.exists()
@@ -173,12 +217,48 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
     })?;
 
     let registry = Registry::open(&config.data_dir.join("wirebot.db"))?;
-    let tenancy = if nix::unistd::Uid::effective().is_root() {
+    let tenancy = if root {
         Tenancy::PerTenantUids(config.uids)
     } else {
         Tenancy::CallerOwned
     };
     let layout = Layout::new(config.data_dir.clone(), config.runtime_dir.clone());
+    let worker_program = crate::workers::worker_program(&config)?;
+    let (workers, worker_events) = if root {
+        let manager_config = crate::workers::manager_config(&config, options.stop_workers_on_exit);
+        let (manager, events) =
+            Manager::new(manager_config).map_err(|source| Error::WorkerSetup { source })?;
+        (Some(manager), Some(events))
+    } else {
+        tracing::warn!(
+            "not running as root: dedicated members get no worker (no tenant uids, no cgroups)"
+        );
+        (None, None)
+    };
+    let routes = RouteTableHandle::for_config(Vec::new(), &config.proxy)
+        .map_err(|source| Error::Routes { source })?;
+    let shutdown = CancellationToken::new();
+    let (webhooks, reconcile) = match &config.webhooks.secrets_file {
+        None => (None, None),
+        Some(path) => {
+            let sites = crate::webhook::load_secrets(path)
+                .map_err(|e| config_error("webhooks.secrets_file", e.to_string()))?;
+            let store = Arc::new(
+                crate::webhook::Store::open(&config.data_dir.join("wirebot.db"))
+                    .map_err(|source| Error::Webhook { source })?,
+            );
+            let (tx, rx) = mpsc::channel(1024);
+            let state =
+                crate::webhook::WebhookState::new(store.clone(), sites, tx, shutdown.clone());
+            (
+                Some(state),
+                Some(ReconcileInput {
+                    store,
+                    requests: rx,
+                }),
+            )
+        }
+    };
     let app = App {
         config: Arc::new(config),
         registry,
@@ -186,9 +266,17 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         tenancy,
         options,
         started_at: Instant::now(),
-        shutdown: CancellationToken::new(),
+        shutdown,
         tasks: TaskTracker::new(),
         busy: crate::users::Busy::default(),
+        workers,
+        worker_program,
+        worker_events: Mutex::new(worker_events),
+        routes: Arc::new(routes),
+        upstreams: Mutex::new(HashMap::new()),
+        metrics: Arc::new(ProxyMetrics::new()),
+        webhooks,
+        reconcile: Mutex::new(reconcile),
         _lock: lock,
     };
     crate::users::recover_interrupted_creates(&app)?;
@@ -235,10 +323,36 @@ pub async fn bind(config: &Config) -> Result<Listeners, Error> {
         }
         _ => None,
     };
+    let proxy = TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|source| Error::Io {
+            op: "bind the proxy listener on",
+            path: PathBuf::from(config.proxy.listen.to_string()),
+            source,
+        })?;
+    let webhooks = match config.webhooks.listen {
+        Some(addr) if config.webhooks.secrets_file.is_some() => {
+            Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                op: "bind the webhook listener on",
+                path: PathBuf::from(addr.to_string()),
+                source,
+            })?)
+        }
+        Some(_) => {
+            return Err(config_error(
+                "webhooks.listen",
+                "needs webhooks.secrets_file (deliveries cannot be verified without secrets)"
+                    .to_owned(),
+            ));
+        }
+        None => None,
+    };
     Ok(Listeners {
         admin_unix,
         admin_socket: socket.clone(),
         admin_tcp,
+        proxy,
+        webhooks,
     })
 }
 
@@ -286,12 +400,57 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
         admin_unix,
         admin_socket,
         admin_tcp,
+        proxy,
+        webhooks,
     } = listeners;
 
-    // PLUG (issue 4, lifecycle): start the manager here (re-adopt recorded workers, start missing ones) on `app.tasks`.
+    // Worker transitions → registry, audit log, routes. Stopped only after the manager has shut down, so the
+    // final transitions of `--stop-workers-on-exit` are recorded too.
+    let recorder_stop = CancellationToken::new();
+    let events = app
+        .worker_events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let recorder = events.map(|events| {
+        tokio::spawn(crate::workers::record_events(
+            app.clone(),
+            events,
+            recorder_stop.clone(),
+        ))
+    });
+
+    let webhook_router = app
+        .webhooks
+        .as_ref()
+        .map(|state| crate::webhook::router(state.clone()));
+    let with_webhooks = |router: axum::Router| match &webhook_router {
+        Some(w) => router.merge(w.clone()),
+        None => router,
+    };
+    let input = app
+        .reconcile
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(ReconcileInput { store, requests }) = input {
+        app.tasks
+            .spawn(crate::reconcile::run(app.clone(), store, requests));
+    }
+    if let (Some(listener), Some(router)) = (webhooks, webhook_router.clone()) {
+        let shutdown = app.shutdown.clone();
+        app.tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "webhook listener failed");
+            }
+        });
+    }
 
     let shutdown = app.shutdown.clone();
-    let unix_router = crate::admin::router(app.clone());
+    let unix_router = with_webhooks(crate::admin::router(app.clone()));
     app.tasks.spawn(async move {
         if let Err(e) = axum::serve(admin_unix, unix_router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -302,7 +461,7 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
     });
     if let Some((listener, token)) = admin_tcp {
         let shutdown = app.shutdown.clone();
-        let tcp_router = crate::admin::tcp_router(app.clone(), token);
+        let tcp_router = with_webhooks(crate::admin::tcp_router(app.clone(), token));
         app.tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, tcp_router)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -312,8 +471,30 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
             }
         });
     }
-    // PLUG (issue 5, proxy): `app.tasks.spawn(crate::proxy::run(listeners.proxy, app.routes.clone(),
-    // app.config.proxy.clone(), wake_tx, metrics, app.shutdown.clone()))`; add `proxy=<addr>` to `ready_line`.
+    let (wake_tx, wake_rx) = mpsc::channel(256);
+    app.tasks
+        .spawn(crate::workers::serve_wakes(app.clone(), wake_rx));
+    if app.config.proxy.idle_check_interval_s > 0 {
+        let (stop_tx, stop_rx) = mpsc::channel(256);
+        app.tasks
+            .spawn(crate::workers::serve_stops(app.clone(), stop_rx));
+        app.tasks.spawn(crate::proxy::run_idle_stopper(
+            app.routes.clone(),
+            app.config.proxy.clone(),
+            stop_tx,
+            wake_tx.clone(),
+            app.metrics.clone(),
+            app.shutdown.clone(),
+        ));
+    }
+    app.tasks.spawn(crate::proxy::run(
+        proxy,
+        app.routes.clone(),
+        app.config.proxy.clone(),
+        Some(wake_tx),
+        app.metrics.clone(),
+        app.shutdown.clone(),
+    ));
 
     if let Some(period) = sd_notify::watchdog_enabled() {
         let shutdown = app.shutdown.clone();
@@ -331,8 +512,17 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
     app.shutdown.cancelled().await;
     tracing::info!("shutting down: draining requests and tasks");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // PLUG (issue 4, lifecycle): if `app.options.stop_workers_on_exit`, stop every worker (TERM, grace, KILL) here;
-    // otherwise leave them running for re-adoption.
+    if let Some(manager) = app.workers.clone() {
+        // With `--stop-workers-on-exit` this stops every worker (TERM, grace, KILL of the cgroup); otherwise it only
+        // ends supervision and the workers keep running for the next daemon to re-adopt.
+        let stopping = app.options.stop_workers_on_exit;
+        manager.shutdown().await;
+        tracing::info!(stopped = stopping, "worker supervision ended");
+    }
+    recorder_stop.cancel();
+    if let Some(recorder) = recorder {
+        let _ = recorder.await;
+    }
     app.tasks.close();
     let drained = tokio::time::timeout(app.config.drain_timeout, app.tasks.wait())
         .await
@@ -355,6 +545,8 @@ pub async fn run(app: Arc<App>, listeners: Listeners) -> bool {
 pub async fn serve(config: Config, options: ServeOptions) -> Result<(), Error> {
     let app = Arc::new(prepare(config, options)?);
     let listeners = bind(&app.config).await?;
+    crate::workers::start_all(&app).await?;
+    crate::routes::rebuild(&app)?;
     tracing::info!(
         data_dir = %app.config.data_dir.display(),
         runtime_dir = %app.config.runtime_dir.display(),

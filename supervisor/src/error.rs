@@ -88,6 +88,33 @@ pub enum Error {
 
     #[error("a blocking task failed")]
     Join(#[source] tokio::task::JoinError),
+
+    #[error("the worker of {user} is not available: {reason}")]
+    WorkerUnavailable { user: UserId, reason: String },
+
+    #[error("user {user} has no worker (shared members and unknown users have none)")]
+    NoWorker { user: UserId },
+
+    #[error("this daemon runs no workers (it is not running as root)")]
+    WorkersDisabled,
+
+    #[error("cannot set up worker supervision")]
+    WorkerSetup {
+        #[source]
+        source: crate::lifecycle::Error,
+    },
+
+    #[error("webhook store")]
+    Webhook {
+        #[source]
+        source: crate::webhook::Error,
+    },
+
+    #[error("cannot rebuild the proxy route table")]
+    Routes {
+        #[source]
+        source: crate::proxy::Error,
+    },
 }
 
 impl Error {
@@ -151,7 +178,16 @@ impl Error {
                 "provisioning-failed",
                 "Provisioning failed",
             ),
+            Error::WorkerUnavailable { .. } | Error::WorkersDisabled => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "worker-unavailable",
+                "Worker unavailable",
+            ),
+            Error::NoWorker { .. } => (StatusCode::NOT_FOUND, "no-worker", "No such worker"),
             Error::Config(_)
+            | Error::Routes { .. }
+            | Error::Webhook { .. }
+            | Error::WorkerSetup { .. }
             | Error::Registry { .. }
             | Error::RegistryTooNew { .. }
             | Error::Io { .. }

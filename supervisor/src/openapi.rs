@@ -100,7 +100,7 @@ pub fn document() -> Value {
                 },
                 "delete": {
                     "operationId": "deleteUser", "summary": "Archive the state directory, then delete it and the user",
-                    "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "409", "500"]))
+                    "responses": merge(ok("200", "Removed", schema_ref("Removed")), problem_responses(&["400", "404", "409", "500", "503"]))
                 }
             },
             "/v1/events": { "get": {
@@ -116,9 +116,49 @@ pub fn document() -> Value {
                 "parameters": id_param(),
                 "post": {
                     "operationId": "rotateToken", "summary": "Issue a new gateway token; returned once",
-                    "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "409", "500"]))
+                    "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "409", "500", "503"]))
                 }
-            }
+            },
+            "/v1/workers": { "get": {
+                "operationId": "listWorkers", "summary": "Every supervised worker (empty when the daemon runs no workers)",
+                "responses": ok("200", "Workers", json!({ "type": "array", "items": schema_ref("Worker") }))
+            }},
+            "/v1/workers/{id}/start": {
+                "parameters": id_param(),
+                "post": {
+                    "operationId": "startWorker", "summary": "Start the member's worker and wait until it is Ready",
+                    "responses": merge(ok("200", "Worker", schema_ref("Worker")), problem_responses(&["400", "404", "503"]))
+                }
+            },
+            "/v1/workers/{id}/stop": {
+                "parameters": id_param(),
+                "post": {
+                    "operationId": "stopWorker", "summary": "Stop the member's worker (SIGTERM, grace, SIGKILL); a proxied request wakes it",
+                    "responses": merge(ok("200", "Worker", schema_ref("Worker")), problem_responses(&["400", "404", "503"]))
+                }
+            },
+            "/v1/workers/{id}/restart": {
+                "parameters": id_param(),
+                "post": {
+                    "operationId": "restartWorker", "summary": "Restart the member's worker; clears a quarantine",
+                    "responses": merge(ok("200", "Worker", schema_ref("Worker")), problem_responses(&["400", "404", "503"]))
+                }
+            },
+            "/v1/workers/{id}/logs": {
+                "parameters": id_param(),
+                "get": {
+                    "operationId": "workerLogs", "summary": "The last n lines of the worker log, or what was appended since offset",
+                    "parameters": [
+                        { "name": "n", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } },
+                        { "name": "offset", "in": "query", "description": "Byte offset returned by the previous call", "schema": { "type": "integer", "minimum": 0 } }
+                    ],
+                    "responses": merge(ok("200", "Log lines", schema_ref("LogLines")), problem_responses(&["400", "404", "500"]))
+                }
+            },
+            "/metrics": { "get": {
+                "operationId": "metrics", "summary": "Prometheus metrics of the edge proxy",
+                "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } }
+            }}
         },
         "components": { "schemas": {
             "Problem": {
@@ -182,6 +222,21 @@ pub fn document() -> Value {
                     "outcome": { "type": "string", "enum": ["ok", "error"] },
                     "detail": { "type": ["string", "null"] }
                 }
+            },
+            "Worker": {
+                "type": "object", "required": ["user_id", "state", "port", "restarts"],
+                "properties": {
+                    "user_id": { "type": "string" },
+                    "state": { "type": "string", "enum": ["starting", "ready", "running", "backoff", "quarantined", "stopping", "stopped"] },
+                    "pid": { "type": ["integer", "null"] }, "port": { "type": "integer" }, "restarts": { "type": "integer" },
+                    "diagnosis": { "type": ["object", "null"], "properties": {
+                        "summary": { "type": "string" }, "cause": { "type": "string" }, "oom_kills": { "type": "integer" },
+                        "log_tail": { "type": "array", "items": { "type": "string" } } } }
+                }
+            },
+            "LogLines": {
+                "type": "object", "required": ["lines", "offset"],
+                "properties": { "lines": { "type": "array", "items": { "type": "string" } }, "offset": { "type": "integer" } }
             },
             "Status": {
                 "type": "object",

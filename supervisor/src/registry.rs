@@ -400,6 +400,22 @@ impl Registry {
             .map_err(db_err("list workers"))
     }
 
+    /// Marks a member active or suspended (webhook suspend / unsuspend). A suspended member keeps its data and row
+    /// but gets no worker and no route.
+    pub fn set_status(&self, id: &UserId, status: UserStatus) -> Result<(), Error> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE users SET status = ?2, updated_at = ?3 WHERE id = ?1 AND status != 'provisioning'",
+                params![id.as_str(), status.as_str(), now()],
+            )
+            .map_err(db_err("set a user's status"))?;
+        if n == 0 {
+            return Err(Error::UserNotFound { user: id.clone() });
+        }
+        Ok(())
+    }
+
     /// Forgets the worker of one user (it has stopped for good).
     pub fn clear_worker(&self, user: &UserId) -> Result<(), Error> {
         let conn = self.lock();

@@ -8,6 +8,7 @@
 //!   and rows a crash left in `provisioning` are swept (tree archived) at the next start;
 //! - update and token rotation re-provision inside a short registry transaction, rolled back if provisioning fails;
 //! - delete archives and removes the tree first, outside any transaction, then deletes the row.
+//!
 //! A per-member claim ([`Busy`]) keeps two of these from running for the same member at once.
 //! These functions are synchronous: the admin API runs them on a blocking thread.
 

@@ -7,6 +7,8 @@ mod cli; // the `wirebot` CLI: user add/list/show/remove, exit codes, hostile id
 mod config; // wirebot.toml parsing: every mistake reported at once
 mod cron; // worker cron engine end to end
 mod deploy; // deploy/ files: systemd unit verified, cloudflared ingress
+mod e2e_lifecycle; // the real daemon: dedicated worker isolated, re-adopted after kill -9, woken, removed
+mod e2e_proxy; // the real daemon's edge proxy: routes from the registry, cross-tenant, metrics, README tour
 mod gateway; // worker WS control plane, HTTP surface, sessions, failover against the fake provider
 mod isolation; // tenant A cannot read, signal, ptrace or reach tenant B
 mod lifecycle; // spawn, crash restart, quarantine, graceful stop, re-adoption

@@ -67,18 +67,28 @@ pub struct Supervisor {
     socket: PathBuf,
     ready: BTreeMap<String, String>,
     stderr: Arc<(Mutex<String>, Condvar)>,
+    /// Kill the workers left under `<root>/data` on drop (off once `restart` handed them to a new daemon).
+    cleanup: bool,
 }
 
-/// Distinct per-instance port/uid blocks, so concurrent tests (and concurrent test runs) rarely collide.
+/// How many 400-port worker blocks fit in 10000..22999: below the kernel's ephemeral range (32768..) and the
+/// isolation tests' fixed range (23000..23999). Daemons spawn real workers on these ports, so a block shared with a
+/// concurrent test run means "address in use".
+const PORT_BLOCKS: u32 = 32;
+
+/// Distinct per-instance port/uid blocks, so concurrent tests (and concurrent test runs) rarely collide: a random
+/// start per test process, then consecutive blocks.
 fn instance_block() -> u32 {
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    (std::process::id().wrapping_mul(7) + NEXT.fetch_add(1, Ordering::Relaxed)) % 30
+    let start = *START.get_or_init(|| rand::random::<u32>() % PORT_BLOCKS);
+    (start + NEXT.fetch_add(1, Ordering::Relaxed)) % PORT_BLOCKS
 }
 
 /// Renders the harness config: defaults for a test (everything under `root`, loopback port 0) plus overrides.
 fn render_config(root: &Path, options: &Options) -> String {
     let block = instance_block();
-    let ports_first = 20_000 + block * 400;
+    let ports_first = 10_000 + block * 400;
     let uids_first = 200_000 + block * 2_000;
     let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut put = |key: &str, value: String| {
@@ -156,6 +166,12 @@ impl Supervisor {
         }
         let data_dir = root.join("data");
         let runtime_dir = root.join("run");
+        if crate::is_root() {
+            // Tenant workers must traverse the temp dir (0700 from tempfile) to reach their own state dirs.
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+        }
         if let Some((uid, gid)) = options.run_as {
             give_dirs_to(&root, &[&data_dir, &runtime_dir], uid, gid);
         }
@@ -251,6 +267,7 @@ impl Supervisor {
             socket,
             ready,
             stderr,
+            cleanup: true,
         })
     }
 
@@ -407,6 +424,13 @@ impl Supervisor {
         })
     }
 
+    /// One request through the daemon's edge proxy (`proxy=` of the ready line), `Connection: close`.
+    pub fn proxy(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> ApiResponse {
+        let stream = std::net::TcpStream::connect(self.addr("proxy")).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        http_exchange(stream, method, path, headers, b"")
+    }
+
     /// SIGKILLs the daemon (no cleanup runs) and reaps it. `logs()` stays readable.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -422,6 +446,7 @@ impl Supervisor {
         options.set.clear(); // the config file already holds them
         let status = self.terminate();
         assert!(status.success(), "wirebot exited with {status} on SIGTERM");
+        self.cleanup = false; // the new daemon re-adopts the workers
         Supervisor::start_with(root, options)
     }
 }
@@ -431,6 +456,34 @@ impl Drop for Supervisor {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Workers outlive their daemon by design: end the ones this test's daemon started (their working directory
+        // is their state dir under `<root>/data`), so they neither hold ports nor pile up across tests.
+        if self.cleanup {
+            kill_processes_under(&self.root.join("data"));
+        }
+    }
+}
+
+/// SIGKILLs every process whose working directory is under `root`.
+fn kill_processes_under(root: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+            continue;
+        };
+        let cwd = cwd.to_string_lossy();
+        let cwd = cwd.strip_suffix(" (deleted)").unwrap_or(&cwd);
+        if Path::new(cwd).starts_with(root) && pid != std::process::id() as i32 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -1,0 +1,102 @@
+//! The daemon's side of the edge proxy's route table: [`RouteSpec`]s built from the registry (every active dedicated
+//! member gets `/u/<id>/` + token + its host bindings) and the last known upstream of each worker, swapped into the
+//! proxy's [`RouteTableHandle`] on every member change and every worker transition.
+//!
+//! Invariant: one mutex (`App::upstreams`) is held across reading the upstream map and swapping the table, so a
+//! rebuild after a member change can never overwrite a newer worker transition with a stale upstream.
+//! Shared members get no route yet: there is no shared multi-agent worker to send them to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard, PoisonError};
+
+use provisioning::{Tier, UserId};
+
+use crate::daemon::App;
+use crate::error::Error;
+use crate::proxy::{Binding, RouteAuth, RouteSpec, TokenHash, UpstreamState};
+use crate::registry::{BindingKind, UserStatus};
+
+fn upstreams(app: &App) -> MutexGuard<'_, HashMap<UserId, UpstreamState>> {
+    app.upstreams.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The route specs of every served member, from the registry and the known upstreams.
+fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteSpec>, Error> {
+    let users = app.registry.users()?;
+    let bindings = app.registry.bindings()?;
+    let mut specs = Vec::new();
+    for user in users {
+        if user.status != UserStatus::Active || user.tier != Tier::Dedicated {
+            continue;
+        }
+        let Some(token_hash) = TokenHash::from_hex(&user.token_hash) else {
+            tracing::error!(user_id = %user.id, "registry token hash is not 64 hex digits; member not routed");
+            continue;
+        };
+        let mut routes = vec![
+            Binding::PathPrefix(format!("/u/{}/", user.id)),
+            Binding::Token,
+        ];
+        for b in bindings.iter().filter(|b| b.user_id == user.id) {
+            match b.kind {
+                BindingKind::Host => routes.push(Binding::Host(b.value.clone())),
+                BindingKind::Path => {
+                    let prefix = if b.value.ends_with('/') {
+                        b.value.clone()
+                    } else {
+                        format!("{}/", b.value)
+                    };
+                    if prefix != format!("/u/{}/", user.id) {
+                        routes.push(Binding::PathPrefix(prefix));
+                    }
+                }
+                BindingKind::Token => {}
+            }
+        }
+        specs.push(RouteSpec {
+            upstream: known
+                .get(&user.id)
+                .cloned()
+                .unwrap_or(UpstreamState::Stopped),
+            user_dir: Some(app.layout.user_dir(&user.id)),
+            user_id: user.id,
+            bindings: routes,
+            auth: RouteAuth::Dedicated { token_hash },
+        });
+    }
+    Ok(specs)
+}
+
+/// Rebuilds the whole table from the registry (after a member was created, changed or removed). Blocking.
+pub fn rebuild(app: &App) -> Result<(), Error> {
+    let known = upstreams(app);
+    let specs = specs(app, &known)?;
+    app.routes
+        .replace(specs)
+        .map_err(|source| Error::Routes { source })
+}
+
+/// [`rebuild`] on a blocking thread, logging (not returning) a failure: the member change itself already happened.
+pub async fn rebuild_logged(app: &Arc<App>) {
+    let app = app.clone();
+    let result = tokio::task::spawn_blocking(move || rebuild(&app)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e.chain(), "cannot rebuild the route table"),
+        Err(e) => tracing::error!(error = %e, "route table rebuild panicked"),
+    }
+}
+
+/// Records a worker's upstream and updates its route (if it has one).
+pub fn set_upstream(app: &App, user: &UserId, upstream: UpstreamState) {
+    let mut known = upstreams(app);
+    known.insert(user.clone(), upstream.clone());
+    if let Err(e) = app.routes.set_upstream(user, upstream) {
+        tracing::error!(user_id = %user, error = %e, "cannot update the route table");
+    }
+}
+
+/// Forgets a removed worker's upstream (its route disappears with the next [`rebuild`]).
+pub fn forget_upstream(app: &App, user: &UserId) {
+    upstreams(app).remove(user);
+}

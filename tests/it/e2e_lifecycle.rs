@@ -1,0 +1,271 @@
+//! Worker lifecycle through the real `wirebot` binary: `user add --tier dedicated` returns with a Ready worker running
+//! as the tenant (uid, no caps, no_new_privs, seccomp), kill -9 of the daemon leaves it running and a new daemon
+//! re-adopts it (same pid, no restart, no duplicate), `worker stop` + a proxied request wakes it, `logs` shows its
+//! output, and `user remove` stops it before archiving.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tests::supervisor::{Options, Supervisor};
+
+/// A temp root outside `/tmp` (workers get a private `/tmp`, which would hide a state dir below it).
+pub(crate) fn state_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("e2e-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+/// `user add <id> --tier dedicated`; returns the gateway token the CLI printed once.
+pub(crate) fn add_dedicated(sup: &Supervisor, id: &str) -> String {
+    let out = sup.cli(["user", "add", id, "--tier", "dedicated"]);
+    out.ok();
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway token (shown once): "))
+        .unwrap_or_else(|| panic!("no token in: {}", out.stdout))
+        .trim()
+        .to_owned()
+}
+
+/// The `worker list --json` entry of one member.
+pub(crate) fn worker_of(sup: &Supervisor, id: &str) -> Option<Value> {
+    let list = sup.cli(["worker", "list", "--json"]).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["user_id"] == id)
+        .cloned()
+}
+
+fn status_field(pid: i64, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+pub(crate) fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Pids of live `wirebot-worker` processes running as `uid` with their working directory under `root` (this test's
+/// daemon; concurrent test runs may reuse the uid).
+fn workers_of_uid(root: &Path, uid: u64) -> Vec<i64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if !comm.trim().starts_with("wirebot-worker") || !alive(pid) {
+            continue;
+        }
+        let in_root =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
+        if !in_root {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next().map(str::to_owned));
+        if real_uid.as_deref() == Some(uid.to_string().as_str()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls (deadline 30 s) until `f` holds; panics with `what` otherwise.
+pub(crate) fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20)); // polling a condition with a deadline
+    }
+}
+
+#[test]
+fn dedicated_worker_is_isolated_outlives_the_daemon_is_re_adopted_woken_and_removed() {
+    tests::require_root!();
+    let dir = state_root();
+    let mut sup = Supervisor::start(dir.path());
+    let token = add_dedicated(&sup, "alice");
+
+    // `user add` returned once the worker was Ready.
+    let user = sup.cli(["user", "show", "alice", "--json"]).json();
+    let uid = user["uid"].as_u64().unwrap();
+    let w = worker_of(&sup, "alice").expect("alice has a worker");
+    assert!(
+        w["state"] == "ready" || w["state"] == "running",
+        "worker after add: {w}"
+    );
+    let pid = w["pid"].as_i64().unwrap();
+    assert!(alive(pid));
+    // The worker runs as the tenant, without privileges.
+    let uids: Vec<String> = status_field(pid, "Uid")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(uids.iter().all(|u| *u == uid.to_string()), "Uid: {uids:?}");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+    // `user show` prints the worker state.
+    let shown = sup.cli(["user", "show", "alice"]);
+    assert!(
+        shown.ok().stdout.contains(&format!("pid {pid}")),
+        "{}",
+        shown.stdout
+    );
+    // The transitions are in the audit log.
+    let events = sup.cli(["events", "--user", "alice"]).ok().stdout.clone();
+    assert!(events.contains("worker.ready"), "{events}");
+
+    // Through the proxy with the member's own token: the worker answers.
+    let health = sup.proxy(
+        "GET",
+        "/u/alice/healthz",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(
+        health.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&health.body)
+    );
+
+    // kill -9 of the daemon: the worker keeps running; a new daemon re-adopts it without restarting it.
+    sup.kill9();
+    assert!(alive(pid), "the worker died with the daemon");
+    let sup = Supervisor::start_with(dir.path(), Options::default());
+    let w = worker_of(&sup, "alice").expect("alice's worker is supervised again");
+    assert_eq!(
+        w["pid"].as_i64(),
+        Some(pid),
+        "re-adopted, not restarted: {w}"
+    );
+    assert_eq!(w["restarts"], 0);
+    assert_eq!(
+        workers_of_uid(dir.path(), uid),
+        vec![pid],
+        "exactly one worker for alice"
+    );
+    let events = sup.cli(["events", "--user", "alice"]).ok().stdout.clone();
+    assert!(events.contains("worker.adopt"), "{events}");
+    let health = sup.proxy(
+        "GET",
+        "/u/alice/healthz",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(health.status, 200);
+
+    // `worker stop`: the process is gone; the next proxied request wakes a new one, without an error.
+    let stopped = sup.cli(["worker", "stop", "alice"]);
+    assert!(
+        stopped.ok().stdout.contains("stopped"),
+        "{}",
+        stopped.stdout
+    );
+    eventually("the stopped worker exits", || !alive(pid));
+    let woken = sup.proxy(
+        "GET",
+        "/u/alice/healthz",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(
+        woken.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&woken.body)
+    );
+    let w = worker_of(&sup, "alice").unwrap();
+    let new_pid = w["pid"].as_i64().unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(workers_of_uid(dir.path(), uid), vec![new_pid]);
+
+    // `logs` prints the worker's own output (its ready line).
+    let logs = sup.cli(["logs", "alice", "-n", "50"]);
+    assert!(
+        logs.ok().stdout.contains("wirebot-worker ready"),
+        "{}",
+        logs.stdout
+    );
+
+    // `user remove` stops the worker, then archives.
+    let removed = sup.cli(["user", "remove", "alice"]);
+    assert!(
+        removed.ok().stdout.contains("archive"),
+        "{}",
+        removed.stdout
+    );
+    eventually("the removed worker exits", || !alive(new_pid));
+    assert!(worker_of(&sup, "alice").is_none());
+    assert!(workers_of_uid(dir.path(), uid).is_empty());
+    assert!(!Path::new(&sup.user_dir("alice")).exists());
+}
+
+#[test]
+fn stop_workers_on_exit_stops_them_and_a_restart_starts_them_again() {
+    tests::require_root!();
+    let dir = state_root();
+    let mut sup =
+        Supervisor::start_with(dir.path(), Options::default().arg("--stop-workers-on-exit"));
+    add_dedicated(&sup, "carol");
+    let pid = worker_of(&sup, "carol").unwrap()["pid"].as_i64().unwrap();
+    let status = sup.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        !alive(pid),
+        "--stop-workers-on-exit left the worker running"
+    );
+
+    // A new daemon (default: workers outlive it) starts the member's worker again.
+    let sup = Supervisor::start_with(dir.path(), Options::default());
+    eventually("carol's worker runs again", || {
+        worker_of(&sup, "carol").is_some_and(|w| {
+            w["pid"].as_i64().is_some_and(|p| p != pid && alive(p))
+                && (w["state"] == "ready" || w["state"] == "running")
+        })
+    });
+    let shown = sup.cli(["worker", "list"]).ok().stdout.clone();
+    assert!(shown.contains("carol"), "{shown}");
+}
+
+#[test]
+fn restart_and_start_answer_with_the_worker_and_unknown_members_are_404() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    add_dedicated(&sup, "dave");
+    let before = worker_of(&sup, "dave").unwrap()["pid"].as_i64().unwrap();
+    let out = sup.cli(["worker", "restart", "dave"]);
+    assert!(out.ok().stdout.contains("dave: "), "{}", out.stdout);
+    let after = worker_of(&sup, "dave").unwrap()["pid"].as_i64().unwrap();
+    assert_ne!(before, after);
+    assert!(!alive(before));
+    sup.cli(["worker", "start", "dave"]).ok(); // already running: a no-op
+    assert_eq!(
+        worker_of(&sup, "dave").unwrap()["pid"].as_i64(),
+        Some(after)
+    );
+    // Unknown member and a shared member (no worker of its own): 404 → exit 65.
+    sup.cli(["worker", "restart", "nobody"]).fails_with(65);
+    sup.cli(["user", "add", "erin", "--tier", "shared"]).ok();
+    sup.cli(["worker", "stop", "erin"]).fails_with(65);
+}

@@ -1,0 +1,101 @@
+//! The edge proxy inside the real daemon: routes come from the registry (`/u/<id>/` + token), a member's token opens
+//! only its own worker, `GET /metrics` on the admin listener counts the traffic, and the README tour (`user add demo`
+//! then `/u/demo/?token=…`) serves the member's WebChat page.
+
+use tests::supervisor::Supervisor;
+
+use crate::e2e_lifecycle::{add_dedicated, state_root};
+
+#[test]
+fn a_member_token_opens_only_its_own_worker() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    let alice = add_dedicated(&sup, "alice");
+    let bob = add_dedicated(&sup, "bob");
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Each member through its path binding, and through its token alone.
+    for (id, token) in [("alice", &alice), ("bob", &bob)] {
+        let r = sup.proxy(
+            "GET",
+            &format!("/u/{id}/healthz"),
+            &[("authorization", &bearer(token))],
+        );
+        assert_eq!(r.status, 200, "{id}: {}", String::from_utf8_lossy(&r.body));
+        let r = sup.proxy("GET", "/healthz", &[("authorization", &bearer(token))]);
+        assert_eq!(
+            r.status,
+            200,
+            "{id} by token: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Cross-tenant: bob's token on alice's path, and no token at all, never reach alice's worker.
+    for (headers, what) in [
+        (vec![("authorization", bearer(&bob))], "bob's token"),
+        (
+            vec![("authorization", "Bearer not-a-token".to_owned())],
+            "a wrong token",
+        ),
+        (Vec::new(), "no token"),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = sup.proxy("GET", "/u/alice/healthz", &headers);
+        assert!(
+            [401, 403, 404].contains(&r.status),
+            "{what} on alice's path: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = sup.proxy(
+        "GET",
+        "/u/nobody/healthz",
+        &[("authorization", &bearer(&alice))],
+    );
+    assert!(
+        [401, 403, 404].contains(&r.status),
+        "unknown member: {}",
+        r.status
+    );
+
+    // Removing a member removes its route at once.
+    sup.cli(["user", "remove", "bob"]).ok();
+    let r = sup.proxy("GET", "/u/bob/healthz", &[("authorization", &bearer(&bob))]);
+    assert!(
+        [401, 403, 404].contains(&r.status),
+        "removed member: {}",
+        r.status
+    );
+
+    // The proxy's metrics on the admin listener saw the traffic.
+    let metrics = sup.api("GET", "/metrics", None);
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("# TYPE"), "{text}");
+}
+
+#[test]
+fn readme_tour_user_add_demo_then_the_webchat_page_through_the_proxy() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    let token = add_dedicated(&sup, "demo");
+    let page = sup.proxy("GET", &format!("/u/demo/?token={token}"), &[]);
+    assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
+    assert!(
+        page.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{:?}",
+        page.headers
+    );
+    let html = String::from_utf8_lossy(&page.body).to_ascii_lowercase();
+    assert!(html.contains("<html"), "{html}");
+    // The browser keeps the token in an HttpOnly cookie scoped to the member's prefix.
+    let cookie = page.header("set-cookie").unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Path=/u/demo/"),
+        "{cookie}"
+    );
+}
