@@ -172,6 +172,31 @@ fn private_dir(path: &Path) -> Result<(), Error> {
         .map_err(io_err("set the mode of", path))
 }
 
+/// Workers run as their tenant's uid and must reach `<dir>/users/<id>`: every ancestor needs the search bit for
+/// others. A 0700 home directory (e.g. `/root` with the embedded default) fails here, with what to do, instead of
+/// every worker failing to start.
+fn check_traversable(key: &str, dir: &Path) -> Result<(), Error> {
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(config_error(
+                key,
+                format!(
+                    "{} is inside {} (mode {:o}), which tenant workers cannot traverse; \
+                     use a {key} elsewhere (e.g. /var/lib/wirebot) or `chmod o+x {}`",
+                    dir.display(),
+                    ancestor.display(),
+                    meta.permissions().mode() & 0o7777,
+                    ancestor.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Makes the config's paths absolute (relative to the working directory), creates `data_dir` and `runtime_dir` (0700),
 /// takes the daemon lock, and opens the registry.
 pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> {
@@ -194,6 +219,12 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         for dir in [&config.data_dir, &config.runtime_dir] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(io_err("set the mode of", dir))?;
+        }
+        for (key, dir) in [
+            ("data_dir", &config.data_dir),
+            ("runtime_dir", &config.runtime_dir),
+        ] {
+            check_traversable(key, dir)?;
         }
     }
     // Never chmod a socket directory we did not create (it could be /tmp).

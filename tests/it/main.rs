@@ -9,6 +9,7 @@ mod cron; // worker cron engine end to end
 mod deploy; // deploy/ files: systemd unit verified, cloudflared ingress
 mod e2e_lifecycle; // the real daemon: dedicated worker isolated, re-adopted after kill -9, woken, removed
 mod e2e_proxy; // the real daemon's edge proxy: routes from the registry, cross-tenant, metrics, README tour
+mod e2e_webhooks; // the real daemon's webhook receiver + reconciler: created, suspended, deleted
 mod gateway; // worker WS control plane, HTTP surface, sessions, failover against the fake provider
 mod isolation; // tenant A cannot read, signal, ptrace or reach tenant B
 mod lifecycle; // spawn, crash restart, quarantine, graceful stop, re-adoption

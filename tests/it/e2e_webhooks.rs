@@ -1,0 +1,179 @@
+//! Signed WordPress webhooks through the real daemon: `[webhooks] secrets_file` mounts the receiver on the admin
+//! socket, a signed `member.created` is accepted (202), the reconciler provisions the member with its worker and
+//! route, a `member.suspended` unbinds it, and a `member.deleted` archives it; each operation ends `done`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{KeyInit, Mac};
+use serde_json::json;
+use tests::supervisor::{Options, Supervisor};
+
+use crate::e2e_lifecycle::{alive, eventually, state_root, worker_of};
+
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const SITE: &str = "https://network.example";
+
+/// Standard Webhooks v1, written out independently of the receiver.
+fn sign(id: &str, ts: i64, body: &[u8]) -> String {
+    let key = STANDARD
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+fn deliver(sup: &Supervisor, n: u64, kind: &str, seq: u64, status: &str, tier: &str) -> u16 {
+    let body = json!({"type": kind, "timestamp": "2026-11-24T10:58:35Z",
+        "data": {"site": SITE, "user": {"wp_user_id": 42, "email": "m42@example.com"},
+                 "seq": seq, "state": {"status": status, "tier": tier}}})
+    .to_string();
+    let id = format!("evt_01JDQ{n:021}");
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signature = sign(&id, ts, body.as_bytes());
+    let ts = ts.to_string();
+    let answer = sup.api_raw(
+        "POST",
+        "/v1/webhooks/wordpress",
+        &[
+            ("content-type", "application/json"),
+            ("webhook-id", &id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &signature),
+        ],
+        body.as_bytes(),
+    );
+    answer.status
+}
+
+fn operations_done(sup: &Supervisor, expected: i64) -> bool {
+    let done: i64 = sup
+        .registry()
+        .query_row(
+            "SELECT COUNT(*) FROM webhook_operations WHERE state = 'done'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    done == expected
+}
+
+#[test]
+fn a_signed_member_created_provisions_a_served_member_and_delete_archives_it() {
+    tests::require_root!();
+    let dir = state_root();
+    let secrets = dir.path().join("webhook-secrets.toml");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&secrets)
+            .unwrap();
+        write!(f, "[[sites]]\nurl = \"{SITE}\"\nsecrets = [\"{SECRET}\"]\n").unwrap();
+        f.sync_all().unwrap();
+    }
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default().set(
+            "webhooks.secrets_file",
+            &format!("{:?}", secrets.display().to_string()),
+        ),
+    );
+
+    // A forged signature changes nothing.
+    let body = b"{}";
+    let forged = sup.api_raw(
+        "POST",
+        "/v1/webhooks/wordpress",
+        &[
+            ("content-type", "application/json"),
+            ("webhook-id", "evt_01JDQ000000000000000000099"),
+            ("webhook-timestamp", "1"),
+            ("webhook-signature", "v1,AAAA"),
+        ],
+        body,
+    );
+    assert!(
+        forged.status == 401 || forged.status == 400,
+        "{}",
+        forged.status
+    );
+
+    assert_eq!(
+        deliver(&sup, 1, "member.created", 1, "active", "dedicated"),
+        202
+    );
+    eventually("the member is provisioned with a ready worker", || {
+        worker_of(&sup, "wp42").is_some_and(|w| w["state"] == "ready" || w["state"] == "running")
+    });
+    eventually("the operation is done", || operations_done(&sup, 1));
+    let users = sup.cli(["user", "list"]).ok().stdout.clone();
+    assert!(users.contains("wp42"), "{users}");
+
+    // Its route answers (the operator issues a token; the webhook never carries one).
+    let out = sup.cli(["user", "token", "wp42", "--rotate"]);
+    let token = out
+        .ok()
+        .stdout
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let health = sup.proxy(
+        "GET",
+        "/u/wp42/healthz",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(
+        health.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&health.body)
+    );
+    let pid = worker_of(&sup, "wp42").unwrap()["pid"].as_i64().unwrap();
+
+    // Suspended: the worker stops and the route is gone, the data stays.
+    assert_eq!(
+        deliver(&sup, 2, "member.suspended", 2, "suspended", "dedicated"),
+        202
+    );
+    eventually("the suspend operation is done", || operations_done(&sup, 2));
+    assert!(!alive(pid));
+    let r = sup.proxy(
+        "GET",
+        "/u/wp42/healthz",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert!(
+        [401, 403, 404].contains(&r.status),
+        "suspended member: {}",
+        r.status
+    );
+    assert!(sup.user_dir("wp42").exists());
+
+    // Deleted: archived, removed, tombstoned.
+    assert_eq!(
+        deliver(&sup, 3, "member.deleted", 3, "deleted", "dedicated"),
+        202
+    );
+    eventually("the delete operation is done", || operations_done(&sup, 3));
+    assert!(!sup.user_dir("wp42").exists());
+    let users = sup.cli(["user", "list"]).ok().stdout.clone();
+    assert!(!users.contains("wp42"), "{users}");
+    let tombstones: i64 = sup
+        .registry()
+        .query_row("SELECT COUNT(*) FROM webhook_tombstones", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tombstones, 1);
+}
