@@ -269,3 +269,49 @@ fn restart_and_start_answer_with_the_worker_and_unknown_members_are_404() {
     sup.cli(["user", "add", "erin", "--tier", "shared"]).ok();
     sup.cli(["worker", "stop", "erin"]).fails_with(65);
 }
+
+#[test]
+fn tier_moves_start_and_stop_the_dedicated_worker() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    sup.cli(["user", "add", "fay", "--tier", "shared"]).ok();
+    assert!(
+        worker_of(&sup, "fay").is_none(),
+        "shared members have no worker of their own"
+    );
+    sup.cli(["user", "tier", "fay", "dedicated"]).ok();
+    let w = worker_of(&sup, "fay").expect("a move to dedicated starts the worker");
+    assert!(w["state"] == "ready" || w["state"] == "running", "{w}");
+    let pid = w["pid"].as_i64().unwrap();
+    sup.cli(["user", "tier", "fay", "shared"]).ok();
+    eventually("the dedicated worker stops", || !alive(pid));
+    assert!(worker_of(&sup, "fay").is_none());
+}
+
+#[test]
+fn a_crash_looping_worker_is_quarantined_and_user_add_and_show_say_why() {
+    tests::require_root!();
+    let dir = state_root();
+    // A "worker" that exits at once with code 1: five crashes within the window end in quarantine.
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default().set("lifecycle.worker_program", "\"/bin/false\""),
+    );
+    let add = sup.cli(["user", "add", "gil", "--tier", "dedicated"]);
+    add.fails_with(1);
+    assert!(
+        add.stderr.contains("quarantined") && add.stderr.contains("exit code 1"),
+        "{}",
+        add.stderr
+    );
+    let shown = sup.cli(["user", "show", "gil"]);
+    let text = &shown.ok().stdout;
+    assert!(text.contains("quarantined"), "{text}");
+    assert!(
+        text.contains("diagnosis:") && text.contains("exit code 1"),
+        "{text}"
+    );
+    let events = sup.cli(["events", "--user", "gil"]).ok().stdout.clone();
+    assert!(events.contains("worker.quarantined"), "{events}");
+}
