@@ -64,24 +64,50 @@ fn operations_done(sup: &Supervisor, expected: i64) -> bool {
     done == expected
 }
 
+fn write_secrets(path: &std::path::Path) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    write!(f, "[[sites]]\nurl = \"{SITE}\"\nsecrets = [\"{SECRET}\"]\n").unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn the_separate_webhook_listener_serves_only_the_webhook_routes() {
+    let dir = state_root();
+    let secrets = dir.path().join("webhook-secrets.toml");
+    write_secrets(&secrets);
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default()
+            .set(
+                "webhooks.secrets_file",
+                &format!("{:?}", secrets.display().to_string()),
+            )
+            .set("webhooks.listen", "\"127.0.0.1:0\""),
+    );
+    let get = |path: &str| {
+        let stream = std::net::TcpStream::connect(sup.addr("webhooks")).unwrap();
+        tests::supervisor::http_exchange(stream, "GET", path, &[], b"")
+    };
+    assert_eq!(get("/v1/webhooks/wordpress/ping").status, 200);
+    // The tunnel's api. host reaches the receiver, never the admin API.
+    assert_eq!(get("/v1/users").status, 404);
+    assert_eq!(get("/v1/status").status, 404);
+}
+
 #[test]
 fn a_signed_member_created_provisions_a_served_member_and_delete_archives_it() {
     tests::require_root!();
     let dir = state_root();
     let secrets = dir.path().join("webhook-secrets.toml");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&secrets)
-            .unwrap();
-        write!(f, "[[sites]]\nurl = \"{SITE}\"\nsecrets = [\"{SECRET}\"]\n").unwrap();
-        f.sync_all().unwrap();
-    }
+    write_secrets(&secrets);
     let sup = Supervisor::start_with(
         dir.path(),
         Options::default().set(
