@@ -4,7 +4,7 @@
 
 use tests::supervisor::Supervisor;
 
-use crate::e2e_lifecycle::{add_dedicated, state_root};
+use crate::e2e_lifecycle::{add_dedicated, alive, eventually, state_root, worker_of};
 
 #[test]
 fn a_member_token_opens_only_its_own_worker() {
@@ -98,4 +98,30 @@ fn readme_tour_user_add_demo_then_the_webchat_page_through_the_proxy() {
         cookie.contains("HttpOnly") && cookie.contains("Path=/u/demo/"),
         "{cookie}"
     );
+}
+
+#[test]
+fn an_idle_worker_is_stopped_and_the_next_request_wakes_it() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start_with(
+        dir.path(),
+        tests::supervisor::Options::default()
+            .set("proxy.idle_stop_s", "1")
+            .set("proxy.idle_check_interval_s", "1"),
+    );
+    let token = add_dedicated(&sup, "ida");
+    let auth = format!("Bearer {token}");
+    let r = sup.proxy("GET", "/u/ida/healthz", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200);
+    let pid = worker_of(&sup, "ida").unwrap()["pid"].as_i64().unwrap();
+    eventually("the idle worker is stopped", || {
+        worker_of(&sup, "ida").is_some_and(|w| w["state"] == "stopped") && !alive(pid)
+    });
+    let r = sup.proxy("GET", "/u/ida/healthz", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let w = worker_of(&sup, "ida").unwrap();
+    assert_ne!(w["pid"].as_i64(), Some(pid), "{w}");
+    let metrics = String::from_utf8_lossy(&sup.api("GET", "/metrics", None).body).into_owned();
+    assert!(metrics.contains("idle"), "{metrics}");
 }
