@@ -421,6 +421,12 @@ async fn status(State(app): State<AppState>) -> Result<Json<Value>, Error> {
         move || app.registry.counts()
     })
     .await?;
+    let mut workers = std::collections::BTreeMap::<&'static str, u64>::new();
+    if let Some(manager) = app.workers.clone() {
+        for record in manager.list().await {
+            *workers.entry(record.state.as_str()).or_default() += 1;
+        }
+    }
     let tenancy = match app.tenancy {
         Tenancy::PerTenantUids(_) => "per-tenant-uids",
         Tenancy::CallerOwned => "caller-owned",
@@ -434,6 +440,8 @@ async fn status(State(app): State<AppState>) -> Result<Json<Value>, Error> {
         "runtime_dir": app.config.runtime_dir,
         "admin_socket": app.config.admin.socket,
         "users": counts,
+        "workers": workers,
+        "proxy": app.config.proxy.listen,
     })))
 }
 

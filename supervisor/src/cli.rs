@@ -636,6 +636,17 @@ async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
         text(&users["shared"]),
         text(&users["dedicated"])
     );
+    let workers = status["workers"].as_object().cloned().unwrap_or_default();
+    let total: u64 = workers.values().filter_map(Value::as_u64).sum();
+    let by_state: Vec<String> = workers
+        .iter()
+        .map(|(state, n)| format!("{} {state}", text(n)))
+        .collect();
+    if by_state.is_empty() {
+        println!("workers:      0");
+    } else {
+        println!("workers:      {total} ({})", by_state.join(", "));
+    }
     Ok(())
 }
 

@@ -244,6 +244,8 @@ pub fn document() -> Value {
                     "version": { "type": "string" }, "pid": { "type": "integer" }, "uptime_s": { "type": "integer" },
                     "tenancy": { "type": "string", "enum": ["per-tenant-uids", "caller-owned"] },
                     "data_dir": { "type": "string" }, "runtime_dir": { "type": "string" }, "admin_socket": { "type": "string" },
+                    "workers": { "type": "object", "description": "Supervised workers by state", "additionalProperties": { "type": "integer" } },
+                    "proxy": { "type": "string", "description": "Configured edge proxy listen address" },
                     "users": { "type": "object", "properties": {
                         "total": { "type": "integer" }, "shared": { "type": "integer" }, "dedicated": { "type": "integer" } } }
                 }

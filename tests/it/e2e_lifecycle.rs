@@ -259,6 +259,8 @@ fn restart_and_start_answer_with_the_worker_and_unknown_members_are_404() {
     let after = worker_of(&sup, "dave").unwrap()["pid"].as_i64().unwrap();
     assert_ne!(before, after);
     assert!(!alive(before));
+    let status = sup.cli(["status"]).ok().stdout.clone();
+    assert!(status.contains("workers:      1 (1 "), "{status}");
     sup.cli(["worker", "start", "dave"]).ok(); // already running: a no-op
     assert_eq!(
         worker_of(&sup, "dave").unwrap()["pid"].as_i64(),
