@@ -317,3 +317,17 @@ fn a_crash_looping_worker_is_quarantined_and_user_add_and_show_say_why() {
     let events = sup.cli(["events", "--user", "gil"]).ok().stdout.clone();
     assert!(events.contains("worker.quarantined"), "{events}");
 }
+
+#[test]
+fn sigterm_leaves_workers_running_and_the_next_daemon_re_adopts_them() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    add_dedicated(&sup, "hal");
+    let pid = worker_of(&sup, "hal").unwrap()["pid"].as_i64().unwrap();
+    let sup = sup.restart(); // SIGTERM (exit 0), then a new daemon on the same state
+    assert!(alive(pid));
+    let w = worker_of(&sup, "hal").unwrap();
+    assert_eq!(w["pid"].as_i64(), Some(pid), "{w}");
+    assert_eq!(w["restarts"], 0);
+}
