@@ -179,7 +179,14 @@ fn every_endpoint_happy_path_and_its_errors() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     let shown = sup.api("GET", "/v1/users/alice", None).ok_json();
     assert_eq!(shown["tier"], "dedicated");
-    assert_eq!(shown["worker"], Value::Null);
+    if tests::is_root() {
+        // `user add` of a dedicated member returns once its worker is Ready.
+        assert_eq!(shown["worker"]["state"], "ready", "{shown}");
+        assert_eq!(shown["worker"]["user_id"], "alice", "{shown}");
+        assert!(shown["worker"]["pid"].as_i64().unwrap() > 1, "{shown}");
+    } else {
+        assert_eq!(shown["worker"], Value::Null);
+    }
     assert!(shown.get("token_hash").is_none());
 
     let patched = sup
@@ -266,7 +273,10 @@ fn every_action_is_in_the_audit_log_with_actor_and_outcome() {
 
     let conn = sup.registry();
     let mut stmt = conn
-        .prepare("SELECT actor, action, user_id, outcome FROM events ORDER BY id")
+        .prepare(
+            "SELECT actor, action, user_id, outcome FROM events \
+             WHERE action NOT LIKE 'worker.%' ORDER BY id",
+        )
         .unwrap();
     let events: Vec<(String, String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -286,6 +296,26 @@ fn every_action_is_in_the_audit_log_with_actor_and_outcome() {
         .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
         .collect();
     assert_eq!(got, expected);
+    if tests::is_root() {
+        // The dedicated member's worker transitions are audited too, by the daemon.
+        let worker_events: Vec<(String, String)> = conn
+            .prepare("SELECT actor, action FROM events WHERE action LIKE 'worker.%' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            worker_events.iter().all(|(actor, _)| actor == "daemon"),
+            "{worker_events:?}"
+        );
+        for action in ["worker.starting", "worker.ready", "worker.stopped"] {
+            assert!(
+                worker_events.iter().any(|(_, a)| a == action),
+                "{action}: {worker_events:?}"
+            );
+        }
+    }
     // Append-only, enforced by the database itself.
     drop(stmt);
     drop(conn);
