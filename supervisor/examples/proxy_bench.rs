@@ -131,7 +131,10 @@ fn bench_config() -> ProxyConfig {
         per_member_burst: 10_000_000,
         per_member_max_connections: 100_000,
         // PROXY_THREADS overrides the thread count (to compare 1 and 2 threads per run).
-        worker_threads: std::env::var("PROXY_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
+        worker_threads: std::env::var("PROXY_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
         ..ProxyConfig::default()
     }
 }

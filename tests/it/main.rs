@@ -18,5 +18,6 @@ mod provisioning; // per-user tree modes and owners, idempotence, rollback, arch
 mod proxy; // routing by binding, WebSocket and SSE pass-through, cross-tenant matrix
 mod skills; // SKILL.md discovery and gating in the prompt
 mod tidy; // every .rs opens with //!, ARCHITECTURE.md names every crate
-mod webhooks; // signed WordPress webhooks: contract status codes, rotation, replay, dedup, seq
 mod webchat; // headless Chromium drives the WebChat page
+mod webhooks; // signed WordPress webhooks: contract status codes, rotation, replay, dedup, seq
+mod worker_features; // memory, cron, skills and the tool loop through the real worker binary

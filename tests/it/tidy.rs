@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -30,7 +33,10 @@ fn every_rust_file_opens_with_a_module_doc_line() {
         .iter()
         .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
         .collect();
-    assert!(offenders.is_empty(), "files without a leading //! line: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "files without a leading //! line: {offenders:?}"
+    );
 }
 
 #[test]
@@ -47,6 +53,9 @@ fn architecture_names_every_crate() {
         .collect();
     assert!(members.len() >= 4, "members: {members:?}");
     for member in members {
-        assert!(arch.contains(&format!("`{member}/`")), "ARCHITECTURE.md does not name crate `{member}/`");
+        assert!(
+            arch.contains(&format!("`{member}/`")),
+            "ARCHITECTURE.md does not name crate `{member}/`"
+        );
     }
 }

@@ -30,7 +30,10 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!("SKIP {}: needs root (uid/gid switching, cgroups, capabilities)", module_path!());
+            eprintln!(
+                "SKIP {}: needs root (uid/gid switching, cgroups, capabilities)",
+                module_path!()
+            );
             return;
         }
     };
@@ -39,5 +42,5 @@ macro_rules! require_root {
 pub mod fake_embeddings;
 pub mod fake_provider;
 pub mod supervisor;
-pub mod worker;
 pub mod wordpress;
+pub mod worker;
