@@ -20,3 +20,4 @@ mod skills; // SKILL.md discovery and gating in the prompt
 mod tidy; // every .rs opens with //!, ARCHITECTURE.md names every crate
 mod webchat; // headless Chromium drives the WebChat page
 mod webhooks; // signed WordPress webhooks: contract status codes, rotation, replay, dedup, seq
+mod worker_features; // memory, cron, skills and the tool loop through the real worker binary

@@ -51,11 +51,17 @@ pub enum Started {
 
 /// Registers the run (idempotency), makes the user message durable, then spawns the run. Returns once the
 /// message is on disk: callers ack after this.
-pub fn start(gw: &Arc<Gateway>, s: StartRun) -> Result<Started, ErrorShape> {
+pub fn start(gw: &Arc<Gateway>, mut s: StartRun) -> Result<Started, ErrorShape> {
     let slot = match gw.runs.register(&s.run_id, &s.key) {
         Ok(slot) => slot,
         Err(existing) => return Ok(Started::Existing(existing)),
     };
+    // Queued system events (cron) ride in front of the session's next user message, as Clawdbot does.
+    let events = gw.features.take_system_events(s.key.as_str());
+    if !events.is_empty() {
+        let lines: Vec<String> = events.iter().map(|e| format!("System: {e}")).collect();
+        s.message = format!("{}\n\n{}", lines.join("\n"), s.message);
+    }
     let persisted = gw.sessions.ensure(&s.agent, &s.key, s.channel).and_then(|h| {
         let msg = json!({"role": "user", "content": [{"type": "text", "text": s.message}], "timestamp": now_ms()});
         gw.sessions.append(&s.agent, &h, "message", json!({"message": msg})).map(|_| h)
@@ -169,11 +175,24 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
             vec![Message::text(Role::User, s.message.clone())]
         }
     };
+    let mut sections = Vec::new();
+    let skills_block =
+        crate::skills::available_skills_block(&crate::features::eligible_skills(&gw, &s.agent));
+    if !skills_block.is_empty() {
+        sections.push(("Skills".to_string(), skills_block));
+    }
+    // A main session's first turn starts with MEMORY.md and today's and yesterday's logs.
+    if s.key.rest() == gw.cfg.session.main_key && messages.len() <= 1 {
+        let ctx = crate::memory::session_start_context(&s.agent.workspace, gw.features.today());
+        if !ctx.is_empty() {
+            sections.push(("Memory".to_string(), ctx));
+        }
+    }
     let system = prompt::build(
         &s.agent,
         &PromptInput {
             extra: s.extra_system.as_deref(),
-            sections: Vec::new(),
+            sections,
         },
     );
     let tools = crate::tools::specs(&gw, &s.agent);
@@ -235,6 +254,7 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
             content.push(Block::Text(routed.completion.text.clone()));
         }
         let mut results = Vec::new();
+        let mut result_entries = Vec::new();
         for (id, name, input) in &routed.completion.tool_calls {
             content.push(Block::ToolUse {
                 id: id.clone(),
@@ -255,13 +275,8 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
                 json!({"phase": "result", "name": name, "toolCallId": id, "isError": is_error}),
                 true,
             );
-            persist(
-                &gw,
-                &s.agent,
-                &handle,
-                json!({"role": "toolResult", "toolCallId": id, "toolName": name,
-                "content": [{"type": "text", "text": text}], "isError": is_error, "timestamp": now_ms()}),
-            );
+            result_entries.push(json!({"role": "toolResult", "toolCallId": id, "toolName": name,
+                "content": [{"type": "text", "text": text}], "isError": is_error, "timestamp": now_ms()}));
             results.push(Block::ToolResult {
                 tool_use_id: id.clone(),
                 content: text,
@@ -275,6 +290,10 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
             json!({"role": "assistant", "content": content.iter().map(block_json).collect::<Vec<_>>(),
             "stopReason": "toolUse", "timestamp": now_ms()}),
         );
+        // The call is on disk before its results, in the order a reader replays them.
+        for entry in result_entries {
+            persist(&gw, &s.agent, &handle, entry);
+        }
         messages.push(Message {
             role: Role::Assistant,
             content,

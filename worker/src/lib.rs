@@ -8,6 +8,7 @@ pub mod chat_run;
 pub mod config;
 pub mod device_auth;
 mod error;
+pub mod features;
 pub mod hooks;
 pub mod http;
 pub mod hub;
@@ -46,6 +47,7 @@ const HTTP_GRACE: Duration = Duration::from_secs(10);
 /// Serves `listener` (WS + HTTP) until `gw.shutdown` is cancelled, then sends `shutdown` to every client,
 /// closes their sockets, lets runs finish for a grace period (then aborts them) and returns.
 pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<(), Error> {
+    features::start(&gw);
     let ticker = gw.tasks.spawn(ticks(Arc::clone(&gw)));
     let app = http::router(Arc::clone(&gw)).into_make_service_with_connect_info::<SocketAddr>();
     let g = Arc::clone(&gw);

@@ -30,10 +30,18 @@ pub const ADVERTISED: &[&str] = &[
     "sessions.delete",
     "agent",
     "agent.wait",
+    "cron.list",
+    "cron.status",
+    "cron.add",
+    "cron.update",
+    "cron.remove",
+    "cron.run",
+    "cron.runs",
+    "skills.status",
 ];
 
 /// Families a later feature brings: answered `UNAVAILABLE` naming the method until then, never advertised.
-const NOT_YET: &[&str] = &["cron.", "skills.", "memory."];
+const NOT_YET: &[&str] = &["memory."];
 
 /// Messages that abort the session's run instead of starting one (Clawdbot's stop words).
 const STOP_WORDS: &[&str] = &["/stop", "stop", "esc", "abort", "wait", "exit", "interrupt"];
@@ -75,9 +83,8 @@ enum Scope {
 
 fn required_scope(method: &str) -> Scope {
     match method {
-        "health" | "status" | "models.list" | "agents.list" | "sessions.list" | "chat.history" => {
-            Scope::Read
-        }
+        "health" | "status" | "models.list" | "agents.list" | "sessions.list" | "chat.history"
+        | "cron.list" | "cron.status" | "cron.runs" | "skills.status" => Scope::Read,
         "chat.send" | "chat.abort" | "chat.inject" | "agent" | "agent.wait" => Scope::Write,
         _ => Scope::Admin,
     }
@@ -156,6 +163,8 @@ pub async fn dispatch(
         "sessions.delete" => sessions_delete(gw, conn, p).into(),
         "agent" => agent(gw, conn, id, p),
         "agent.wait" => agent_wait(gw, conn, p).await.into(),
+        m if crate::cron::methods::METHODS.contains(&m) => cron_method(gw, conn, m, p).await.into(),
+        "skills.status" => skills_status(gw, conn, p).into(),
         _ => Reply::Err(ErrorShape::invalid(format!("unknown method: {method}"))),
     }
 }
@@ -773,6 +782,102 @@ async fn agent_wait(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value
         }
         None => json!({"runId": p.run_id, "status": "timeout"}),
     })
+}
+
+/// `cron.*`: the shared job store; a connection scoped to one agent sees and changes only that agent's jobs.
+async fn cron_method(
+    gw: &Gateway,
+    conn: &Conn,
+    method: &str,
+    p: Option<Value>,
+) -> Result<Value, ErrorShape> {
+    let Some(svc) = gw.features.cron.get() else {
+        return Err(ErrorShape::unavailable(format!(
+            "{method}: cron is disabled in this worker"
+        )));
+    };
+    let mut p = p.unwrap_or(Value::Null);
+    if let Some(scope) = &conn.scope {
+        let owner = |job: &crate::cron::Job| {
+            job.agent_id
+                .as_deref()
+                .and_then(|a| AgentId::parse(a).ok())
+                .unwrap_or_else(|| gw.cfg.default_agent.clone())
+        };
+        match method {
+            "cron.add" => {
+                if p.is_null() {
+                    p = json!({});
+                }
+                if let Some(o) = p.as_object_mut() {
+                    o.insert("agentId".into(), json!(scope));
+                }
+            }
+            "cron.update" | "cron.remove" | "cron.run" | "cron.runs" => {
+                let id = ["id", "jobId"]
+                    .iter()
+                    .find_map(|k| p.get(k).and_then(Value::as_str))
+                    .unwrap_or_default();
+                if let Some(job) = svc.store().get(id)
+                    && owner(&job) != *scope
+                {
+                    return Err(ErrorShape::invalid(format!("unknown cron job id {id:?}")));
+                }
+            }
+            _ => {}
+        }
+        let mut v = crate::cron::methods::handle(svc, method, &p)
+            .await
+            .map_err(cron_error)?;
+        if method == "cron.list"
+            && let Some(jobs) = v.get_mut("jobs").and_then(Value::as_array_mut)
+        {
+            jobs.retain(|j| {
+                let a = j.get("agentId").and_then(Value::as_str);
+                a.map_or(gw.cfg.default_agent == *scope, |a| a == scope.as_str())
+            });
+        }
+        return Ok(v);
+    }
+    crate::cron::methods::handle(svc, method, &p)
+        .await
+        .map_err(cron_error)
+}
+
+fn cron_error(e: crate::cron::Error) -> ErrorShape {
+    if e.protocol_code() == "UNAVAILABLE" {
+        ErrorShape::unavailable(e.to_string())
+    } else {
+        ErrorShape::invalid(e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SkillsStatusParams {
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+/// `skills.status {agentId?}`: every skill the agent's directories hold, with gating and eligibility.
+fn skills_status(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorShape> {
+    let p: SkillsStatusParams = params("skills.status", p)?;
+    let id = match (p.agent_id, &conn.scope) {
+        (Some(a), _) => AgentId::parse(&a).map_err(|e| ErrorShape::invalid(e.to_string()))?,
+        (None, Some(s)) => s.clone(),
+        (None, None) => gw.cfg.default_agent.clone(),
+    };
+    if let Some(s) = &conn.scope
+        && *s != id
+    {
+        return Err(ErrorShape::invalid(format!(
+            "agent {id} is not this connection's agent"
+        )));
+    }
+    let agent = gw
+        .agent(&id)
+        .ok_or_else(|| ErrorShape::invalid(format!("unknown agent {id:?}")))?;
+    Ok(crate::features::skills_status(gw, agent))
 }
 
 fn internal(e: crate::Error) -> ErrorShape {

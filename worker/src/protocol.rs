@@ -30,6 +30,7 @@ pub const EVENTS: &[&str] = &[
     "tick",
     "shutdown",
     "health",
+    "cron",
 ];
 
 /// `client.id` literals (`dist/gateway/protocol/client-info.js`).

@@ -32,6 +32,8 @@ pub struct Gateway {
     /// Every spawned task (connections, runs, timers) is tracked here so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub host: String,
+    /// Cron, skills and memory wiring.
+    pub features: crate::features::Features,
 }
 
 impl Gateway {
@@ -40,7 +42,9 @@ impl Gateway {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into());
+        let features = crate::features::Features::new(&cfg.parsed);
         Ok(Arc::new(Gateway {
+            features,
             cfg,
             sessions: SessionStore::default(),
             router: ModelRouter::new()?,
