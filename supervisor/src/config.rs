@@ -152,6 +152,29 @@ impl FromToml for PathBuf {
     }
 }
 
+/// A list of ports, e.g. `[443, 80, 53]`; each element is checked like a single `u16` (`key[i]`).
+impl FromToml for Vec<u16> {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let Some(items) = value.as_array() else {
+            push(
+                errors,
+                key,
+                format!("expected an array of ports, found {}", type_name(value)),
+            );
+            return None;
+        };
+        let mut ports = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match u16::from_toml(&format!("{key}[{i}]"), item, errors) {
+                Some(port) => ports.push(port),
+                None => ok = false,
+            }
+        }
+        ok.then_some(ports)
+    }
+}
+
 impl FromToml for SocketAddr {
     fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
         let s = string_value(key, value, errors)?;
@@ -348,6 +371,7 @@ section! {
         stop_grace_ms: u64,
         health_interval_ms: u64,
         worker_program: PathBuf,
+        egress_ports: Vec<u16>,
     }
 }
 
@@ -511,7 +535,13 @@ pub struct LifecycleConfig {
     pub health_interval: Duration,
     /// The `wirebot-worker` executable; `None` = the sibling of the running `wirebot` binary.
     pub worker_program: Option<PathBuf>,
+    /// The only TCP ports a worker may connect to (Landlock). Outside the worker port range by construction, so a
+    /// worker cannot reach another tenant's; a short list also keeps the per-spawn Landlock ruleset small.
+    pub egress_ports: Vec<u16>,
 }
+
+/// HTTPS, HTTP and DNS: what hosted LLM providers and their lookups need.
+pub const DEFAULT_EGRESS_PORTS: [u16; 3] = [443, 80, 53];
 
 /// The multi-agent worker hosting shared members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -711,9 +741,27 @@ impl Config {
             stop_grace: Duration::from_millis(lifecycle.stop_grace_ms.unwrap_or(5_000)),
             health_interval: Duration::from_millis(lifecycle.health_interval_ms.unwrap_or(5_000)),
             worker_program: lifecycle.worker_program.clone(),
+            egress_ports: lifecycle
+                .egress_ports
+                .clone()
+                .unwrap_or_else(|| DEFAULT_EGRESS_PORTS.to_vec()),
         };
         if lifecycle.health_interval.is_zero() {
             push(errors, "lifecycle.health_interval_ms", "must be at least 1");
+        }
+        for port in &lifecycle.egress_ports {
+            if *port == 0 {
+                push(errors, "lifecycle.egress_ports", "0 is not a port");
+            } else if (ports.first..=ports.last).contains(port) {
+                push(
+                    errors,
+                    "lifecycle.egress_ports",
+                    format!(
+                        "{port} is inside the worker port range {}-{} (workers must not reach each other)",
+                        ports.first, ports.last
+                    ),
+                );
+            }
         }
 
         let shared = SharedConfig {

@@ -64,8 +64,8 @@ pub fn manager_config(config: &Config, stop_all_on_exit: bool) -> ManagerConfig 
             first: config.ports.first,
             last: config.ports.last,
         },
-        // Every port outside the worker range (LLM providers may listen anywhere); costs ~60 ms per spawn.
-        egress_ports: None,
+        // An explicit allow-list: a few Landlock rules instead of one per port outside the worker range.
+        egress_ports: Some(config.lifecycle.egress_ports.clone()),
         policy: Policy {
             start_timeout: config.lifecycle.start_timeout,
             stop_grace: config.lifecycle.stop_grace,
