@@ -66,6 +66,7 @@ pub fn routes() -> Vec<Route> {
             post(restart_worker),
         ),
         route(Method::GET, "/v1/workers/{id}/logs", get(worker_logs)),
+        route(Method::POST, "/v1/reconcile", post(reconcile)),
         route(Method::GET, "/metrics", get(metrics)),
     ]
 }
@@ -775,6 +776,38 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 /// Most events one `GET /v1/events` returns.
 pub const EVENTS_MAX_LIMIT: u32 = 1000;
+
+/// `POST /v1/reconcile?dry_run=true|false`: the drift between registry, disk, routes and worker processes, repaired
+/// unless `dry_run=true` (default false).
+async fn reconcile(
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+) -> Result<Json<crate::drift::Report>, Error> {
+    let query =
+        axum::extract::Query::<std::collections::BTreeMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| Error::Malformed {
+                detail: format!("bad query string: {}", e.body_text()),
+            })?
+            .0;
+    let mut dry_run = false;
+    for (key, value) in &query {
+        match (key.as_str(), value.as_str()) {
+            ("dry_run", "true") => dry_run = true,
+            ("dry_run", "false") => dry_run = false,
+            ("dry_run", other) => {
+                return Err(Error::Malformed {
+                    detail: format!("dry_run={other:?} is not true or false"),
+                });
+            }
+            (other, _) => {
+                return Err(Error::Malformed {
+                    detail: format!("unknown query parameter {other:?} (allowed: dry_run)"),
+                });
+            }
+        }
+    }
+    Ok(Json(crate::drift::reconcile(&app, dry_run).await?))
+}
 
 /// `GET /v1/events?user=<id>&after=<event id>&limit=<n>`: the audit log, oldest first, `id > after`.
 async fn list_events(

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 use crate::client::{self, ApiResponse, ClientError};
 use crate::config::{Config, ConfigErrors, EMBEDDED};
+use crate::drift::Report;
+use crate::registry::Registry;
 
 /// Exit codes (sysexits.h), documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,16 @@ pub enum Command {
         /// How many of the last lines to print first.
         #[arg(short = 'n', long = "lines", default_value_t = 100)]
         lines: usize,
+    },
+    /// Show (and, without --dry-run, repair) the drift between the registry, the state directories, the route table
+    /// and the worker processes: orphan directories, members without a directory, dead or unsupervised workers,
+    /// worker cgroups nobody owns. A dry run works without the daemon; repairs need it.
+    Reconcile {
+        /// Only list the drift; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Show the daemon's status.
     Status {
@@ -248,6 +260,7 @@ pub fn run_client(cli: &Cli) -> ExitCode {
             config_check(file.as_deref().or(cli.config.as_deref()))
         }
         Command::Status { json } => with_daemon(cli, async |socket| status(socket, *json).await),
+        Command::Reconcile { dry_run, json } => reconcile(cli, *dry_run, *json),
         Command::Events { user, follow, json } => {
             let user = user.as_deref().map(parse_id).transpose();
             user.and_then(|user| {
@@ -727,6 +740,87 @@ fn placement(user: &Value) -> String {
     } else {
         format!(", {}", parts.join(", "))
     }
+}
+
+/// `wirebot reconcile [--dry-run]`: asks the daemon. With no daemon a dry run still reads the registry, the disk,
+/// `/proc` and the cgroup tree directly; repairs need the daemon, which owns the workers.
+fn reconcile(cli: &Cli, dry_run: bool, json_out: bool) -> Result<(), Failure> {
+    let socket = socket_path(cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(Exit::Other, format!("cannot start the async runtime: {e}")))?;
+    let path = format!("/v1/reconcile?dry_run={dry_run}");
+    let report = match runtime.block_on(call(&socket, Method::POST, &path, None)) {
+        Ok(body) => serde_json::from_value::<Report>(body)
+            .map_err(|e| fail(Exit::Other, format!("unexpected reconcile answer: {e}")))?,
+        Err(failure) if failure.exit == Exit::Unavailable && dry_run => {
+            eprintln!("wirebot: no daemon answers; reading the registry and the disk directly");
+            offline_drift(cli)?
+        }
+        Err(mut failure) => {
+            if failure.exit == Exit::Unavailable {
+                failure.message = format!(
+                    "{}; repairs need the running daemon (`wirebot reconcile --dry-run` works without it)",
+                    failure.message
+                );
+            }
+            return Err(failure);
+        }
+    };
+    if json_out {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| fail(Exit::Other, format!("cannot print the report: {e}")))?;
+        println!("{text}");
+    } else {
+        if report.drift.is_empty() {
+            println!("no drift");
+        }
+        for item in &report.drift {
+            println!("drift {item}");
+        }
+        for line in &report.repaired {
+            println!("repaired {line}");
+        }
+        for line in &report.failed {
+            println!("failed {line}");
+        }
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(
+            Exit::Other,
+            format!("{} repair(s) failed", report.failed.len()),
+        ))
+    }
+}
+
+/// The drift as seen without a daemon (read-only).
+fn offline_drift(cli: &Cli) -> Result<Report, Failure> {
+    let config =
+        load_config(cli.config.as_deref()).map_err(|e| fail(Exit::Usage, e.to_string()))?;
+    let data_dir = absolute(&config.data_dir);
+    let db = data_dir.join("wirebot.db");
+    if !db.is_file() {
+        return Err(fail(
+            Exit::Unavailable,
+            format!(
+                "no daemon answers and there is no registry at {}",
+                db.display()
+            ),
+        ));
+    }
+    let registry = Registry::open(&db).map_err(|e| fail(Exit::Other, e.chain()))?;
+    let layout = provisioning::Layout::new(&data_dir, absolute(&config.runtime_dir));
+    let drift = crate::drift::find(&registry, &layout, &crate::workers::cgroup_group(&data_dir))
+        .map_err(|e| fail(Exit::Other, e.chain()))?;
+    Ok(Report {
+        dry_run: true,
+        drift,
+        repaired: Vec::new(),
+        failed: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -155,6 +155,13 @@ pub fn document() -> Value {
                     "responses": merge(ok("200", "Log lines", schema_ref("LogLines")), problem_responses(&["400", "404", "500"]))
                 }
             },
+            "/v1/reconcile": { "post": {
+                "operationId": "reconcile", "summary": "The drift between registry, disk, routes and worker processes; repaired unless dry_run",
+                "parameters": [
+                    { "name": "dry_run", "in": "query", "description": "Only list the drift", "schema": { "type": "boolean", "default": false } }
+                ],
+                "responses": merge(ok("200", "Report", schema_ref("ReconcileReport")), problem_responses(&["400", "500"]))
+            }},
             "/metrics": { "get": {
                 "operationId": "metrics", "summary": "Prometheus metrics of the edge proxy",
                 "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } }
@@ -221,6 +228,22 @@ pub fn document() -> Value {
                     "user_id": { "type": ["string", "null"] },
                     "outcome": { "type": "string", "enum": ["ok", "error"] },
                     "detail": { "type": ["string", "null"] }
+                }
+            },
+            "ReconcileReport": {
+                "type": "object", "required": ["dry_run", "drift", "repaired", "failed"],
+                "properties": {
+                    "dry_run": { "type": "boolean" },
+                    "drift": { "type": "array", "items": {
+                        "type": "object", "required": ["kind"],
+                        "properties": {
+                            "kind": { "type": "string", "enum": ["orphan_dir", "missing_dir", "worker_not_running", "worker_not_supervised", "unknown_cgroup"] },
+                            "user_id": { "type": "string" }, "path": { "type": "string" }, "pid": { "type": ["integer", "null"] },
+                            "state": { "type": "string" }, "name": { "type": "string" }
+                        }
+                    }},
+                    "repaired": { "type": "array", "items": { "type": "string" } },
+                    "failed": { "type": "array", "items": { "type": "string" } }
                 }
             },
             "Worker": {

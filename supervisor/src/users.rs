@@ -347,3 +347,49 @@ impl Drop for Claim<'_> {
             .remove(&self.id);
     }
 }
+
+/// Archives, then removes, a state directory no registry row owns (`wirebot reconcile`). Refuses when the member has
+/// a row after all (it is not an orphan then). Returns the archive.
+pub fn archive_orphan(app: &App, actor: &str, id: &UserId) -> Result<PathBuf, Error> {
+    let result = (|| {
+        let _claim = app.busy.claim(id)?;
+        if app.registry.user(id)?.is_some() {
+            return Err(Error::UserExists { user: id.clone() });
+        }
+        let archive =
+            provisioning::deprovision(&app.layout, id).map_err(|source| Error::Provisioning {
+                op: "archive and remove the orphan state directory",
+                user: id.clone(),
+                source,
+            })?;
+        remove_new_tree(app, id); // its runtime dir, if any
+        Ok(archive)
+    })();
+    if let Ok(archive) = &result {
+        tracing::warn!(user_id = %id, archive = %archive.display(), actor, "orphan state directory archived and removed");
+    }
+    audited(app, actor, "user.orphan.archive", id, result)
+}
+
+/// Provisions a member's vanished state directory again (`wirebot reconcile`). The new tree has a new gateway token,
+/// whose hash replaces the registry's (the old token died with the directory).
+pub fn reprovision(app: &App, actor: &str, id: &UserId) -> Result<(), Error> {
+    let result = (|| {
+        let _claim = app.busy.claim(id)?;
+        let row = app
+            .registry
+            .user(id)?
+            .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
+        let provisioned =
+            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+                Error::Provisioning {
+                    op: "provision the missing state directory",
+                    user: id.clone(),
+                    source,
+                }
+            })?;
+        let hash = token_hash(&provisioned.gateway_token);
+        app.registry.transaction(|tx| tx.set_token_hash(id, &hash))
+    })();
+    audited(app, actor, "user.reprovision", id, result)
+}

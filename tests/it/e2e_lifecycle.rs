@@ -331,3 +331,114 @@ fn sigterm_leaves_workers_running_and_the_next_daemon_re_adopts_them() {
     assert_eq!(w["pid"].as_i64(), Some(pid), "{w}");
     assert_eq!(w["restarts"], 0);
 }
+
+/// `wirebot reconcile`: with the daemon down, a dry run lists a dead member worker and a state directory no member
+/// owns, and changes nothing; repairs need the daemon; with it up, `reconcile` archives then removes the orphan, the
+/// member's worker runs, and a last dry run finds no drift.
+#[test]
+fn reconcile_dry_run_lists_drift_and_changes_nothing_then_repairs_it() {
+    tests::require_root!();
+    let dir = state_root();
+    let mut sup = Supervisor::start(dir.path());
+    add_dedicated(&sup, "rita");
+    let pid = worker_of(&sup, "rita").expect("rita has a worker")["pid"]
+        .as_i64()
+        .unwrap();
+    assert!(sup.terminate().success());
+    assert!(alive(pid), "SIGTERM of the daemon leaves workers running");
+
+    // While the daemon is down: the worker dies, and a directory appears that no member owns.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.try_into().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the killed worker is gone", || !alive(pid));
+    let orphan = sup.user_dir("ghost");
+    std::fs::create_dir_all(orphan.join("workspace")).unwrap();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(orphan.join("workspace/notes.md")).unwrap();
+        f.write_all(b"keep me\n").unwrap();
+    }
+    let recorded_pid = || -> Option<i64> {
+        sup.registry()
+            .query_row("SELECT pid FROM workers WHERE user_id = 'rita'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let archives = || -> usize {
+        std::fs::read_dir(sup.data_dir().join("archive"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("ghost-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+
+    let dry = sup.cli(["reconcile", "--dry-run"]);
+    dry.ok();
+    let out = &dry.stdout;
+    assert!(out.contains("drift orphan-dir ghost"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("drift worker-not-running rita")
+                && l.contains(&format!("pid {pid}"))),
+        "{out}"
+    );
+    assert!(!out.contains("repaired"), "{out}");
+    // Nothing changed.
+    assert!(orphan.join("workspace/notes.md").is_file());
+    assert_eq!(archives(), 0);
+    assert_eq!(recorded_pid(), Some(pid));
+    // Repairs go through the daemon.
+    let refused = sup.cli(["reconcile"]);
+    refused.fails_with(69);
+    assert!(refused.stderr.contains("--dry-run"), "{}", refused.stderr);
+    assert!(orphan.join("workspace/notes.md").is_file());
+
+    let sup2 = Supervisor::start_with(dir.path(), Options::default());
+    let report = sup2
+        .api("POST", "/v1/reconcile?dry_run=true", None)
+        .ok_json();
+    assert_eq!(report["dry_run"], true);
+    assert!(
+        report["drift"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "orphan_dir" && d["user_id"] == "ghost"),
+        "{report}"
+    );
+    assert!(
+        orphan.is_dir(),
+        "a dry run through the daemon changes nothing either"
+    );
+    sup2.api("POST", "/v1/reconcile?dry_run=maybe", None)
+        .problem(400);
+
+    let fixed = sup2.cli(["reconcile"]);
+    fixed.ok();
+    assert!(
+        fixed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("repaired orphan-dir ghost") && l.contains("archived to")),
+        "{}",
+        fixed.stdout
+    );
+    assert!(!orphan.exists(), "the orphan is removed");
+    assert_eq!(archives(), 1, "after it was archived");
+    let w = worker_of(&sup2, "rita").expect("rita's worker is supervised");
+    assert!(w["state"] == "ready" || w["state"] == "running", "{w}");
+    let new_pid = w["pid"].as_i64().unwrap();
+    assert_ne!(new_pid, pid);
+    assert!(alive(new_pid));
+    eventually("no drift is left", || {
+        sup2.cli(["reconcile", "--dry-run"]).ok().stdout.trim() == "no drift"
+    });
+    let events = sup2.cli(["events", "--user", "ghost"]).ok().stdout.clone();
+    assert!(events.contains("user.orphan.archive"), "{events}");
+}
