@@ -418,3 +418,106 @@ async fn scoped_clients_see_only_their_agents_cron_jobs() {
         1
     );
 }
+
+#[tokio::test]
+async fn openai_tool_calls_round_trip_appends_to_todays_log() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = basic_config(TOKEN, &fake);
+    cfg["agents"]["defaults"]["model"]["primary"] = json!("openai/gpt-fake");
+    write_config(dir.path(), &cfg);
+    fake.next(Reply::ToolCall {
+        text: "Noting that.".into(),
+        id: "call_app1".into(),
+        name: "memory_append".into(),
+        input: json!({"text": "Committed to ship the referral program by Friday."}),
+    });
+    fake.next(Reply::text("Logged.", 1, Duration::from_millis(1)));
+    let w = Worker::start(dir.path(), WorkerOpts::default());
+    let mut c = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    c.call_ok(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "Remember my commitment", "idempotencyKey": "oa-1"}),
+    )
+    .await;
+    c.wait_chat("oa-1", "final", T).await;
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs[0].path.contains("chat/completions"),
+        "{}",
+        reqs[0].path
+    );
+    let tools = reqs[0].body["tools"].to_string();
+    assert!(
+        tools.contains("\"function\"") && tools.contains("memory_append"),
+        "{tools}"
+    );
+    let second = reqs[1].body["messages"].to_string();
+    assert!(
+        second.contains("\"tool_call_id\":\"call_app1\""),
+        "{second}"
+    );
+    // The log written is today's (UTC, the default zone) under memory/.
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("workspace/memory"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        text.contains("Committed to ship the referral program by Friday."),
+        "{text}"
+    );
+    let msgs = transcript_messages(dir.path(), "agent:main:main");
+    let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "toolResult", "assistant"],
+        "{msgs:?}"
+    );
+    assert_eq!(msgs[1]["content"][0]["text"], "Noting that.", "{msgs:?}");
+    assert_eq!(msgs[1]["content"][1]["name"], "memory_append", "{msgs:?}");
+}
+
+#[tokio::test]
+async fn a_skill_whose_binary_is_missing_stays_out_of_the_prompt() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &basic_config(TOKEN, &fake));
+    let skills = dir.path().join("workspace/skills");
+    write(
+        &skills.join("needs-tool/SKILL.md"),
+        "---\nname: needs-tool\ndescription: Uses a tool nobody has.\nmetadata: {\"clawdbot\":{\"requires\":{\"bins\":[\"wirebot-no-such-binary-4711\"]}}}\n---\n# needs-tool\n",
+    );
+    write(
+        &skills.join("plain/SKILL.md"),
+        "---\nname: plain\ndescription: Needs nothing.\n---\n# plain\n",
+    );
+    let w = Worker::start(dir.path(), WorkerOpts::default());
+    let mut c = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    let st = c.call_ok("skills.status", json!({})).await;
+    let needs = st["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "needs-tool")
+        .unwrap_or_else(|| panic!("{st}"))
+        .clone();
+    assert_eq!(needs["eligible"], false, "{needs}");
+    assert!(
+        needs["missing"]
+            .to_string()
+            .contains("wirebot-no-such-binary-4711"),
+        "{needs}"
+    );
+    c.call_ok(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "gate-1"}),
+    )
+    .await;
+    c.wait_chat("gate-1", "final", T).await;
+    let system = fake.requests()[0].body["system"].to_string();
+    assert!(system.contains("<name>plain</name>"), "{system}");
+    assert!(!system.contains("needs-tool"), "{system}");
+}
