@@ -478,6 +478,7 @@ async fn openai_tool_calls_round_trip_appends_to_todays_log() {
     );
     assert_eq!(msgs[1]["content"][0]["text"], "Noting that.", "{msgs:?}");
     assert_eq!(msgs[1]["content"][1]["name"], "memory_append", "{msgs:?}");
+    assert_eq!(msgs[3]["content"][0]["text"], "Logged.", "{msgs:?}");
 }
 
 #[tokio::test]

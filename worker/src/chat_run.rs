@@ -202,7 +202,11 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
     let mut usage = crate::providers::Usage::default();
     let mut stop_reason = String::from("stop");
     let mut end = End::Done;
+    // Where the current round's text starts in `em.text`: earlier rounds' text is already in the transcript
+    // (with their tool calls), so the final assistant message holds only the last round's.
+    let mut round_start = 0;
     for round in 0..=MAX_TOOL_ROUNDS {
+        round_start = em.text.len();
         let req = RouteRequest {
             agent_dirs: gw.credential_dirs(&s.agent),
             models: gw.cfg.model_for(&s.agent),
@@ -312,7 +316,7 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
             let usage_json = json!({"input": usage.input, "output": usage.output, "cacheRead": usage.cache_read,
                 "cacheWrite": usage.cache_write, "totalTokens": total,
                 "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0}});
-            let mut msg = assistant_message(&text);
+            let mut msg = assistant_message(em.text.get(round_start..).unwrap_or(&text));
             msg["api"] = json!(api);
             msg["provider"] = json!(provider);
             msg["model"] = json!(model);
