@@ -522,3 +522,45 @@ async fn a_skill_whose_binary_is_missing_stays_out_of_the_prompt() {
     assert!(system.contains("<name>plain</name>"), "{system}");
     assert!(!system.contains("needs-tool"), "{system}");
 }
+
+#[tokio::test]
+async fn a_job_missed_while_stopped_runs_once_after_start() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &basic_config(TOKEN, &fake));
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let hour = 3_600_000;
+    // Due three hours ago (three slots missed): one catch-up run, not three.
+    let jobs = json!({"version": 1, "jobs": [{"id": "missed", "name": "missed standup", "enabled": true,
+        "createdAtMs": now - 4 * hour, "updatedAtMs": now - 4 * hour,
+        "schedule": {"kind": "every", "everyMs": hour, "anchorMs": now - 4 * hour},
+        "sessionTarget": "isolated", "wakeMode": "now",
+        "payload": {"kind": "agentTurn", "message": "Catch up."},
+        "state": {"nextRunAtMs": now - 3 * hour}}]});
+    worker::atomic::write_json(&dir.path().join("cron/jobs.json"), &jobs).unwrap();
+    let w = Worker::start(dir.path(), WorkerOpts::default());
+    let mut c = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    let log = dir.path().join("cron/runs/missed.jsonl");
+    poll("the catch-up run", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.lines().count() >= 1)
+    })
+    .await;
+    let list = c.call_ok("cron.list", json!({})).await;
+    let job = &list["jobs"][0];
+    assert_eq!(job["state"]["lastStatus"], "ok", "{list}");
+    assert!(
+        job["state"]["nextRunAtMs"].as_i64().unwrap() > now,
+        "{list}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    let texts = transcript_user_texts(dir.path(), "main", "agent:main:cron:missed");
+    assert_eq!(texts, ["Catch up."]);
+}
