@@ -3,7 +3,7 @@
 //! change tier, suspend (stop the worker, unbind), delete (stop, archive, tombstone). Each operation is marked done or
 //! failed in the webhook store. Requests are applied one at a time, in arrival order (so one per member in flight).
 //!
-//! Not done here yet: retries with back-off of failed operations, and `wirebot reconcile` drift repair.
+//! Not done here yet: retries with back-off of failed operations. Drift repair (`wirebot reconcile`) is `drift.rs`.
 
 use std::sync::Arc;
 
