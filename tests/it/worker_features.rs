@@ -564,3 +564,29 @@ async fn a_job_missed_while_stopped_runs_once_after_start() {
     let texts = transcript_user_texts(dir.path(), "main", "agent:main:cron:missed");
     assert_eq!(texts, ["Catch up."]);
 }
+
+#[tokio::test]
+async fn clawdbot_skip_cron_turns_cron_off() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &basic_config(TOKEN, &fake));
+    let opts = WorkerOpts {
+        env: vec![("CLAWDBOT_SKIP_CRON".into(), "1".into())],
+        ..WorkerOpts::default()
+    };
+    let w = Worker::start(dir.path(), opts);
+    let mut c = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    let r = c
+        .call(
+            "cron.add",
+            json!({"name": "x", "schedule": {"kind": "every", "everyMs": 1000},
+                "sessionTarget": "main", "payload": {"kind": "systemEvent", "text": "x"}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("cron.add"),
+        "{r}"
+    );
+    assert!(!dir.path().join("cron/jobs.json").exists());
+}
