@@ -988,4 +988,41 @@ mod tests {
         assert_eq!(c.admin.socket, PathBuf::from("/srv/w/run/admin.sock"));
         assert_eq!(c.ports.slots(), 500);
     }
+
+    #[test]
+    fn egress_ports_default_parse_and_stay_out_of_the_worker_range() {
+        assert_eq!(
+            Config::embedded_default().lifecycle.egress_ports,
+            DEFAULT_EGRESS_PORTS.to_vec()
+        );
+        let c = Config::parse("[lifecycle]\negress_ports = [443, 11434]\n", "t.toml").unwrap();
+        assert_eq!(c.lifecycle.egress_ports, vec![443, 11434]);
+        let c = Config::parse("[lifecycle]\negress_ports = []\n", "t.toml").unwrap();
+        assert!(c.lifecycle.egress_ports.is_empty());
+        assert_eq!(
+            errors("[lifecycle]\negress_ports = [443, 20040, 0, 70000, \"x\"]\n"),
+            vec![
+                "lifecycle.egress_ports[3]: 70000 is out of range (0..=65535)".to_owned(),
+                "lifecycle.egress_ports[4]: expected an integer, found string".to_owned(),
+            ]
+        );
+        let errs = errors("[lifecycle]\negress_ports = [443, 20040, 0]\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains(": 0 is not a port")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("20040 is inside the worker port range 20000-29999")),
+            "{errs:?}"
+        );
+        assert_eq!(
+            errors("[lifecycle]\negress_ports = 443\n"),
+            vec![
+                "lifecycle.egress_ports: expected an array of ports, found integer (line 2)"
+                    .to_owned()
+            ]
+        );
+    }
 }
