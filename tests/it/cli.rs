@@ -455,3 +455,51 @@ fn a_user_whose_directory_vanished_can_still_be_removed() {
     assert!(sup.registry_users().is_empty());
     assert!(!sup.runtime_dir().join("users/lost").exists());
 }
+
+#[test]
+fn reconcile_provisions_a_vanished_directory_again_with_a_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(&dir);
+    sup.cli(["user", "add", "lena", "--tier", "shared"]).ok();
+    let token_hash = || -> String {
+        sup.registry()
+            .query_row("SELECT token_hash FROM users WHERE id = 'lena'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let before = token_hash();
+    std::fs::remove_dir_all(sup.user_dir("lena")).unwrap();
+
+    let dry = sup.cli(["reconcile", "--dry-run"]);
+    dry.ok();
+    assert!(
+        dry.stdout.contains("drift missing-dir lena"),
+        "{}",
+        dry.stdout
+    );
+    assert!(!dry.stdout.contains("repaired"), "{}", dry.stdout);
+    assert!(!sup.user_dir("lena").exists(), "a dry run changes nothing");
+    assert_eq!(token_hash(), before);
+
+    let fixed = sup.cli(["reconcile", "--json"]);
+    fixed.ok();
+    let report = fixed.json();
+    assert_eq!(report["dry_run"], false);
+    assert!(
+        report["repaired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("missing-dir lena")),
+        "{report}"
+    );
+    assert!(sup.user_dir("lena").is_dir());
+    assert_ne!(token_hash(), before, "the lost token is replaced");
+    assert_eq!(
+        sup.cli(["reconcile", "--dry-run"]).ok().stdout.trim(),
+        "no drift"
+    );
+    let events = sup.cli(["events", "--user", "lena"]).ok().stdout.clone();
+    assert!(events.contains("user.reprovision"), "{events}");
+}
