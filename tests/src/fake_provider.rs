@@ -3,7 +3,7 @@
 //! Scriptable per test: text streamed in N tokens with a delay, an HTTP error status, a stall, a cut stream, or a
 //! tool call; it records every request (path, key, model, body) so tests can assert where a call went.
 //!
-//! ```ignore
+//! ```text
 //! let fake = FakeProvider::start().await;
 //! fake.on_key("sk-first", Reply::Status(429));            // first profile rate-limited
 //! fake.set_default(Reply::text("Hello from the fake", 4, Duration::from_millis(5)));

@@ -2,7 +2,7 @@
 //! line read with a deadline, killed and reaped on drop), run CLI commands against it, call its admin API over the unix
 //! socket, and peek at its registry read-only. Shared by every feature module (CLI, admin API, lifecycle, proxy…).
 //!
-//! ```ignore
+//! ```text
 //! let dir = tempfile::tempdir().unwrap();
 //! let sup = Supervisor::start(&dir);
 //! sup.cli(["user", "add", "alice", "--tier", "dedicated"]).ok();

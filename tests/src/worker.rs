@@ -2,7 +2,7 @@
 //! deadline, killed and reaped on drop), and a protocol v3 WebSocket client (`WsClient`) plus a raw socket
 //! (`RawWs`) for malformed-frame tests.
 //!
-//! ```ignore
+//! ```text
 //! let fake = FakeProvider::start().await;
 //! let dir = tempfile::tempdir().unwrap();
 //! write_config(dir.path(), &basic_config(TOKEN, &fake));
