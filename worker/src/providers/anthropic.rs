@@ -1,6 +1,5 @@
 //! Anthropic Messages API client (`POST {baseUrl}/v1/messages`, `stream: true`): request body and SSE parsing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -84,7 +83,7 @@ pub(crate) async fn stream(
     let mut reader = SseReader::new(resp, idle);
     let mut out = Completion::default();
     // index → (id, name, partial json) for tool_use blocks being streamed.
-    let mut tools: BTreeMap<u64, (String, String, String)> = BTreeMap::new();
+    let mut tools = super::PartialToolCalls::new();
     let mut finished = false;
     loop {
         let ev = match reader.next().await {
@@ -185,18 +184,7 @@ pub(crate) async fn stream(
             "stream ended before message_stop".into(),
         ));
     }
-    for (_, (id, name, json)) in tools {
-        let input = if json.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&json).unwrap_or(json!({}))
-        };
-        out.tool_calls.push((id, name, input));
-    }
-    if out.stop_reason.is_empty() {
-        out.stop_reason = "stop".into();
-    }
-    Ok(out)
+    Ok(super::finish_completion(out, tools))
 }
 
 #[cfg(test)]

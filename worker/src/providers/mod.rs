@@ -133,6 +133,25 @@ impl FailureClass {
         !matches!(self, FailureClass::Other)
     }
 }
+/// Tool calls accumulated while streaming, keyed by the provider's block/call index: (id, name, raw JSON arguments).
+type PartialToolCalls = std::collections::BTreeMap<u64, (String, String, String)>;
+
+/// Ends a streamed completion the same way for both wire formats: parses each tool call's accumulated JSON arguments
+/// (empty or malformed arguments become `{}`) in index order, and defaults the stop reason to `"stop"`.
+fn finish_completion(mut out: Completion, calls: PartialToolCalls) -> Completion {
+    for (_, (id, name, args)) in calls {
+        let input = if args.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(&args).unwrap_or(serde_json::json!({}))
+        };
+        out.tool_calls.push((id, name, input));
+    }
+    if out.stop_reason.is_empty() {
+        out.stop_reason = "stop".into();
+    }
+    out
+}
 
 /// A failed provider call.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -1,7 +1,6 @@
 //! OpenAI Chat Completions client (`POST {baseUrl}/chat/completions`, `stream: true`), for OpenAI and any
 //! compatible server (llama.cpp, Ollama, vLLM): request body and `chat.completion.chunk` parsing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -104,7 +103,7 @@ pub(crate) async fn stream(
     };
     let mut reader = SseReader::new(resp, idle);
     let mut out = Completion::default();
-    let mut calls: BTreeMap<u64, (String, String, String)> = BTreeMap::new();
+    let mut calls = super::PartialToolCalls::new();
     let mut done = false;
     loop {
         let ev = match reader.next().await {
@@ -178,18 +177,7 @@ pub(crate) async fn stream(
             "stream ended before [DONE]".into(),
         ));
     }
-    for (_, (id, name, args)) in calls {
-        let input = if args.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&args).unwrap_or(json!({}))
-        };
-        out.tool_calls.push((id, name, input));
-    }
-    if out.stop_reason.is_empty() {
-        out.stop_reason = "stop".into();
-    }
-    Ok(out)
+    Ok(super::finish_completion(out, calls))
 }
 
 #[cfg(test)]
