@@ -1,0 +1,1 @@
+//! End-to-end: real WordPress drives the real daemon through signed webhooks.
