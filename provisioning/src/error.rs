@@ -79,6 +79,25 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A member schedule setting (time zone, standup or reflection time) or the agent id it is for is malformed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidSchedule {
+        /// Which setting, e.g. "standup time".
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// An existing `cron/jobs.json` cannot be merged into (not JSON, not version 1, `jobs` not an array, a job
+    /// that is not an object); it is left as it is.
+    #[error("{}: {detail}", path.display())]
+    JobsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// An archive to restore is not a single-user archive of the expected shape.
     #[error("archive {} is invalid: {detail}", path.display())]
     InvalidArchive {

@@ -75,8 +75,9 @@ pub struct Provisioned {
 /// Idempotent: a second call with the same spec changes no byte, mode, owner or mtime. It never clobbers user
 /// data (`workspace/MEMORY.md`, `workspace/memory/`, sessions, credentials, `auth-profiles.json`), keeps the
 /// existing gateway token and every key of `clawdbot.json` it does not manage, and fixes wrong modes and owners of
-/// the paths it manages. It never follows a symlink planted inside the tree (a managed path that is a symlink or of
-/// the wrong type is an [`Error::WrongFileType`]).
+/// the paths it manages. It installs the Wirebot skills into `skills/` ([`crate::skills::install`]: changed
+/// templates are updated, a member's own skills kept). It never follows a symlink planted inside the tree (a
+/// managed path that is a symlink or of the wrong type is an [`Error::WrongFileType`]).
 ///
 /// A first provision builds the tree in `<data_dir>/users/.staging-<id>` and renames it into place last, so it
 /// either fully appears or, when any step fails, everything it created (staging tree, runtime dir) is removed and
@@ -271,6 +272,12 @@ fn converge_tree(
             unsynced.remove(dir_rel);
         }
         changed |= change.changed();
+    }
+    // The Wirebot skills in the managed skills dir `<state>/skills` (a member's own skills there are kept).
+    let (skills_changed, skills_created) = crate::skills::install_into(&root_dir, owner)?;
+    changed |= skills_changed;
+    if skills_created {
+        unsynced.insert("");
     }
     for rel in unsynced {
         if rel.is_empty() {

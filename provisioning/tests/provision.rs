@@ -58,6 +58,16 @@ const EXPECTED: &[(&str, u32)] = &[
     ("workspace/memory", 0o700),
     ("workspace/canvas", 0o700),
     ("workspace/skills", 0o700),
+    // The Wirebot skills in the managed skills dir (issue 7).
+    ("skills", 0o700),
+    ("skills/wirebot-core", 0o700),
+    ("skills/wirebot-core/SKILL.md", 0o600),
+    ("skills/wirebot-accountability", 0o700),
+    ("skills/wirebot-accountability/SKILL.md", 0o600),
+    ("skills/wirebot-memory", 0o700),
+    ("skills/wirebot-memory/SKILL.md", 0o600),
+    ("skills/wirebot-network", 0o700),
+    ("skills/wirebot-network/SKILL.md", 0o600),
 ];
 
 /// One path's observable state.
