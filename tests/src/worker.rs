@@ -67,6 +67,13 @@ pub fn write_config(dir: &Path, config: &Value) {
     worker::atomic::write_json(&dir.join("clawdbot.json"), config).expect("write clawdbot.json");
 }
 
+/// sha256 (hex) of `<dir>/clawdbot.json`'s bytes: what `/healthz` reports as `configHash` once applied.
+pub fn config_hash(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(dir.join("clawdbot.json")).expect("read clawdbot.json");
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
 /// Writes `<dir>/agents/<agent>/agent/auth-profiles.json`.
 pub fn write_auth_profiles(dir: &Path, agent: &str, profiles: &Value) {
     let p = dir
@@ -201,6 +208,48 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// SIGHUP: the worker re-reads `clawdbot.json` and its env file (see [`Worker::wait_config_hash`]).
+    pub fn reload(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("send SIGHUP");
+    }
+
+    /// `GET /healthz` as JSON.
+    pub async fn healthz(&self) -> Value {
+        reqwest::get(self.http_url("/healthz"))
+            .await
+            .expect("GET /healthz")
+            .json()
+            .await
+            .expect("healthz JSON")
+    }
+
+    /// Polls `/healthz` until `pred` holds (as the supervisor does after a SIGHUP); returns that payload.
+    pub async fn wait_healthz(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let h = self.healthz().await;
+            if pred(&h) {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthz never showed {what}: {h}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `/healthz` reports `configHash` = sha256 of `<state>/clawdbot.json` as it is now.
+    pub async fn wait_config_hash(&self) -> Value {
+        let want = config_hash(&self.state_dir);
+        self.wait_healthz(&format!("configHash {want}"), |h| h["configHash"] == want)
+            .await
     }
 
     /// Stdout lines printed after the ready line (it should print none).

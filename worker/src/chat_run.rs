@@ -182,7 +182,7 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
         sections.push(("Skills".to_string(), skills_block));
     }
     // A main session's first turn starts with MEMORY.md and today's and yesterday's logs.
-    if s.key.rest() == gw.cfg.session.main_key && messages.len() <= 1 {
+    if s.key.rest() == gw.cfg().session.main_key && messages.len() <= 1 {
         let ctx = crate::memory::session_start_context(&s.agent.workspace, gw.features.today());
         if !ctx.is_empty() {
             sections.push(("Memory".to_string(), ctx));
@@ -196,8 +196,11 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
         },
     );
     let tools = crate::tools::specs(&gw, &s.agent);
+    // One config snapshot for the whole run (a reload mid-run does not change its models or credentials).
+    let cfg = gw.cfg();
+    let credential_dirs = gw.credential_dirs(&s.agent);
     let deadline = tokio::time::Instant::now() + s.timeout;
-    let idle = Duration::from_secs(gw.cfg.timeout_seconds.max(1)).min(s.timeout);
+    let idle = Duration::from_secs(cfg.timeout_seconds.max(1)).min(s.timeout);
     let mut routed_meta: Option<(String, String, &'static str)> = None;
     let mut usage = crate::providers::Usage::default();
     let mut stop_reason = String::from("stop");
@@ -208,8 +211,8 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
     for round in 0..=MAX_TOOL_ROUNDS {
         round_start = em.text.len();
         let req = RouteRequest {
-            agent_dirs: gw.credential_dirs(&s.agent),
-            models: gw.cfg.model_for(&s.agent),
+            agent_dirs: credential_dirs.iter().map(|p| p.as_path()).collect(),
+            models: cfg.model_for(&s.agent),
             system: system.clone(),
             messages: messages.clone(),
             tools: tools.clone(),
@@ -218,7 +221,7 @@ async fn execute(gw: Arc<Gateway>, s: StartRun, handle: SessionHandle, slot: Run
         };
         let result = {
             let mut sink = |t: &str| em.on_text(t);
-            let fut = gw.router.complete(&gw.cfg, req, &mut sink);
+            let fut = gw.router.complete(&cfg, req, &mut sink);
             tokio::select! {
                 _ = slot.cancel.cancelled() => None,
                 _ = tokio::time::sleep_until(deadline) => Some(Err(format!("run timed out after {} ms", s.timeout.as_millis()))),

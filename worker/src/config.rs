@@ -126,6 +126,10 @@ pub struct AgentConfig {
     pub identity: Option<Value>,
     pub workspace: PathBuf,
     pub agent_dir: PathBuf,
+    /// The session index (`sessions.json`): `session.store` with `{agentId}` replaced, else
+    /// `<state>/agents/<id>/sessions/sessions.json`.
+    pub store_path: PathBuf,
+    /// The index's directory, where the agent's transcripts live too.
     pub sessions_dir: PathBuf,
     pub model: ModelChoice,
 }
@@ -269,6 +273,7 @@ struct SessionFile {
     scope: Option<String>,
     dm_scope: Option<String>,
     main_key: Option<String>,
+    store: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -308,7 +313,7 @@ impl Config {
             Some(text) if !text.trim().is_empty() => {
                 json5::from_str::<Value>(text).map_err(|e| Error::ConfigSyntax {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: syntax_message(&e),
                 })?
             }
             _ => Value::Object(Map::new()),
@@ -385,6 +390,12 @@ impl Config {
             .unwrap_or(true);
 
         let default_model = model_choice(agents_file.defaults.model.as_ref());
+        let store = StoreTemplate::new(
+            session_file.store.as_deref(),
+            state_dir,
+            env.get("HOME").map(Secret::expose),
+            agents_file.list.len(),
+        );
         let mut agents = Vec::new();
         let mut default_agent = None;
         for (i, a) in agents_file.list.iter().enumerate() {
@@ -407,6 +418,7 @@ impl Config {
                 a,
                 &agents_file.defaults,
                 i == 0,
+                &store,
             ));
         }
         if agents.is_empty() {
@@ -417,6 +429,7 @@ impl Config {
                 &AgentFile::default(),
                 &agents_file.defaults,
                 true,
+                &store,
             ));
         }
         let default_agent = default_agent.unwrap_or_else(|| agents[0].id.clone());
@@ -578,6 +591,24 @@ impl Config {
     }
 }
 
+/// A JSON5 syntax error without the source line the parser quotes (it may hold a token): position and what was
+/// expected only.
+fn syntax_message(e: &json5::Error) -> String {
+    let json5::Error::Message { msg, location } = e;
+    let expected = msg
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .unwrap_or("invalid JSON5");
+    match location {
+        Some(l) => format!(
+            "syntax error at line {}, column {}: {expected}",
+            l.line, l.column
+        ),
+        None => format!("syntax error: {expected}"),
+    }
+}
+
 fn from_section<T: serde::de::DeserializeOwned + Default>(
     v: Value,
 ) -> Result<T, serde_json::Error> {
@@ -588,12 +619,61 @@ fn from_section<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// `session.store` as Clawdbot resolves it (`resolveStorePath`): `{agentId}` replaced, `~` = home; relative paths
+/// are taken from the state dir (Clawdbot: the cwd, which a worker does not rely on).
+#[derive(Debug)]
+struct StoreTemplate {
+    template: Option<String>,
+}
+
+impl StoreTemplate {
+    fn new(raw: Option<&str>, state_dir: &Path, home: Option<&str>, agents: usize) -> Self {
+        let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+            return StoreTemplate { template: None };
+        };
+        if agents > 1 && !raw.contains("{agentId}") {
+            // One index shared by several agents would be rewritten by each of them in turn.
+            tracing::warn!(
+                "session.store without {{agentId}} is ignored with several agents; using each agent's own sessions dir"
+            );
+            return StoreTemplate { template: None };
+        }
+        let expanded = match (raw.strip_prefix('~'), home) {
+            (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+                format!("{home}{rest}")
+            }
+            _ => raw.to_string(),
+        };
+        let path = Path::new(&expanded);
+        let full = if path.is_absolute() {
+            expanded
+        } else {
+            state_dir.join(path).display().to_string()
+        };
+        StoreTemplate {
+            template: Some(full),
+        }
+    }
+
+    fn path_for(&self, state_dir: &Path, id: &AgentId) -> PathBuf {
+        match &self.template {
+            Some(t) => PathBuf::from(t.replace("{agentId}", id.as_str())),
+            None => state_dir
+                .join("agents")
+                .join(id.as_str())
+                .join("sessions")
+                .join("sessions.json"),
+        }
+    }
+}
+
 fn agent_config(
     state_dir: &Path,
     id: &AgentId,
     a: &AgentFile,
     d: &AgentDefaultsFile,
     first: bool,
+    store: &StoreTemplate,
 ) -> AgentConfig {
     let workspace = a
         .workspace
@@ -618,13 +698,19 @@ fn agent_config(
         .clone()
         .map(PathBuf::from)
         .unwrap_or_else(|| state_dir.join("agents").join(id.as_str()).join("agent"));
+    let store_path = store.path_for(state_dir, id);
+    let sessions_dir = store_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| state_dir.to_path_buf());
     AgentConfig {
         id: id.clone(),
         name: a.name.clone(),
         identity: a.identity.clone(),
         workspace,
         agent_dir,
-        sessions_dir: state_dir.join("agents").join(id.as_str()).join("sessions"),
+        store_path,
+        sessions_dir,
         model: model_choice(a.model.as_ref()),
     }
 }
@@ -775,6 +861,35 @@ mod tests {
             }
         );
         assert_eq!(alice.sessions_dir, Path::new("/s/agents/alice/sessions"));
+        assert_eq!(
+            alice.store_path,
+            Path::new("/s/agents/alice/sessions/sessions.json")
+        );
+    }
+
+    #[test]
+    fn session_store_template_puts_each_agent_apart() {
+        let c = cfg(
+            json!({"session": {"store": "/d/users/{agentId}/agents/main/sessions/sessions.json"},
+            "agents": {"list": [{"id": "a"}, {"id": "b"}]}}),
+        );
+        let b = c.agent(&AgentId::parse("b").unwrap()).unwrap();
+        assert_eq!(
+            b.store_path,
+            Path::new("/d/users/b/agents/main/sessions/sessions.json")
+        );
+        assert_eq!(b.sessions_dir, Path::new("/d/users/b/agents/main/sessions"));
+        // Relative: from the state dir. Fixed path with several agents: ignored (each agent keeps its own).
+        let c = cfg(json!({"session": {"store": "st/{agentId}/s.json"}}));
+        assert_eq!(c.agents[0].store_path, Path::new("/s/st/main/s.json"));
+        let c = cfg(json!({"session": {"store": "/x/sessions.json"},
+            "agents": {"list": [{"id": "a"}, {"id": "b"}]}}));
+        assert_eq!(
+            c.agents[1].store_path,
+            Path::new("/s/agents/b/sessions/sessions.json")
+        );
+        let c = cfg(json!({"session": {"store": "/x/sessions.json"}}));
+        assert_eq!(c.agents[0].store_path, Path::new("/x/sessions.json"));
     }
 
     #[test]
@@ -787,6 +902,22 @@ mod tests {
             Env::default(),
         );
         assert!(r.unwrap_err().to_string().contains("grpc"));
+    }
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::atomic::write_file(
+            &dir.path().join("clawdbot.json"),
+            b"{gateway: {auth: {token: \"sekrit-token\" oops}}}",
+            0o600,
+        )
+        .unwrap();
+        let e = Config::load(dir.path(), Env::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(!e.contains("sekrit"), "{e}");
     }
 
     #[test]

@@ -82,6 +82,14 @@ impl Features {
         q.remove(key).unwrap_or_default()
     }
 
+    /// Drops `agent`'s open memory index (removed or changed by a reload); the next use opens it per the new config.
+    pub fn forget_memory(&self, agent: &AgentId) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent);
+    }
+
     /// Today in the member's time zone.
     pub fn today(&self) -> chrono::NaiveDate {
         chrono::Utc::now()
@@ -92,14 +100,13 @@ impl Features {
 
 /// `memorySearch` for `agent`: `agents.defaults.memorySearch` merged (object keys, recursively) with the agent's own.
 fn memory_config(gw: &Gateway, agent: &AgentConfig) -> Result<MemoryConfig, serde_json::Error> {
-    let mut merged = gw
-        .cfg
+    let cfg = gw.cfg();
+    let mut merged = cfg
         .parsed
         .pointer("/agents/defaults/memorySearch")
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let own = gw
-        .cfg
+    let own = cfg
         .parsed
         .pointer("/agents/list")
         .and_then(Value::as_array)
@@ -145,8 +152,12 @@ pub async fn memory_index(gw: &Gateway, agent: &AgentConfig) -> Option<MemoryInd
             return None;
         }
     };
-    let index = match MemoryIndex::open(&gw.cfg.state_dir, agent.id.as_str(), &agent.workspace, cfg)
-    {
+    let index = match MemoryIndex::open(
+        &gw.cfg().state_dir,
+        agent.id.as_str(),
+        &agent.workspace,
+        cfg,
+    ) {
         Ok(ix) => ix,
         Err(e) => {
             tracing::warn!(agent = %agent.id, error = %e, "opening the memory index failed; memory is off");
@@ -168,7 +179,7 @@ pub fn memory_enabled(gw: &Gateway, agent: &AgentConfig) -> bool {
 /// Skill directories for `agent`.
 pub fn skill_dirs(gw: &Gateway, agent: &AgentConfig) -> SkillDirs {
     SkillDirs::new(
-        &gw.cfg.state_dir,
+        &gw.cfg().state_dir,
         &agent.workspace,
         &gw.features.skills_cfg,
         gw.features.bundled_skills.clone(),
@@ -185,13 +196,13 @@ pub fn all_skills(gw: &Gateway, agent: &AgentConfig) -> Vec<Skill> {
 
 /// The skills `agent`'s runs may use.
 pub fn eligible_skills(gw: &Gateway, agent: &AgentConfig) -> Vec<Skill> {
-    let env = GateEnv::from_process(gw.cfg.parsed.clone());
+    let env = GateEnv::from_process(gw.cfg().parsed.clone());
     skills::eligible_skills(&all_skills(gw, agent), &gw.features.skills_cfg, &env)
 }
 
 /// The `skills.status` payload for `agent`.
 pub fn skills_status(gw: &Gateway, agent: &AgentConfig) -> Value {
-    let env = GateEnv::from_process(gw.cfg.parsed.clone());
+    let env = GateEnv::from_process(gw.cfg().parsed.clone());
     skills::skills_status(
         &skill_dirs(gw, agent),
         &all_skills(gw, agent),
@@ -201,7 +212,7 @@ pub fn skills_status(gw: &Gateway, agent: &AgentConfig) -> Value {
 }
 
 fn cron_disabled(gw: &Gateway) -> bool {
-    gw.cfg
+    gw.cfg()
         .parsed
         .pointer("/cron/enabled")
         .and_then(Value::as_bool)
@@ -216,15 +227,15 @@ pub fn start(gw: &Arc<Gateway>) {
         tracing::info!("cron disabled");
         return;
     }
-    let store = match gw
-        .cfg
+    let cfg = gw.cfg();
+    let store = match cfg
         .parsed
         .pointer("/cron/store")
         .and_then(Value::as_str)
         .filter(|s| !s.trim().is_empty())
     {
         Some(path) => CronStore::open_at(std::path::Path::new(path)),
-        None => CronStore::open(&gw.cfg.state_dir),
+        None => CronStore::open(&cfg.state_dir),
     };
     let store = match store {
         Ok(s) => s,
@@ -262,7 +273,7 @@ pub fn start(gw: &Arc<Gateway>) {
                         .and_then(|j| j.agent_id)
                         .and_then(|a| AgentId::parse(&a).ok())
                         .map_or(
-                            Audience::Agent(g.cfg.default_agent.clone()),
+                            Audience::Agent(g.cfg().default_agent.clone()),
                             Audience::Agent,
                         );
                     let payload = serde_json::to_value(&ev).unwrap_or(Value::Null);
@@ -283,8 +294,8 @@ fn job_agent(gw: &Gateway, job: &Job) -> Option<AgentConfig> {
     job.agent_id
         .as_deref()
         .and_then(|a| AgentId::parse(a).ok())
-        .and_then(|a| gw.agent(&a).cloned())
-        .or_else(|| gw.agent(&gw.cfg.default_agent).cloned())
+        .and_then(|a| gw.agent(&a))
+        .or_else(|| gw.agent(&gw.cfg().default_agent))
 }
 
 async fn execute_job(weak: Weak<Gateway>, job: Job) -> cron::RunOutcome {
@@ -296,7 +307,7 @@ async fn execute_job(weak: Weak<Gateway>, job: Job) -> cron::RunOutcome {
     };
     match (&job.session_target, &job.payload) {
         (SessionTarget::Main, Payload::SystemEvent { text }) => {
-            let raw = format!("agent:{}:{}", agent.id, gw.cfg.session.main_key);
+            let raw = format!("agent:{}:{}", agent.id, gw.cfg().session.main_key);
             let Ok((key, _)) = gw.resolve_key(&raw, Some(&agent.id)) else {
                 return cron::RunOutcome::error(format!("bad main session key {raw}"));
             };

@@ -41,7 +41,7 @@ fn token_from(req: &Request) -> Option<String> {
 
 /// Handles `<hooks.path>/<rest>`.
 pub async fn handle(gw: Arc<Gateway>, rest: String, req: Request) -> Response {
-    let Some(hooks) = &gw.cfg.hooks else {
+    let Some(hooks) = &gw.cfg().hooks else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if !token_from(&req).is_some_and(|t| hooks.token.matches(&t)) {
@@ -94,9 +94,9 @@ pub async fn handle(gw: Arc<Gateway>, rest: String, req: Request) -> Response {
                 json!({"ok": false, "error": "invalid agent"}),
             );
         }
-        None => gw.cfg.default_agent.clone(),
+        None => gw.cfg().default_agent.clone(),
     };
-    let Some(agent) = gw.agent(&agent_id).cloned() else {
+    let Some(agent) = gw.agent(&agent_id) else {
         return reply(
             StatusCode::BAD_REQUEST,
             json!({"ok": false, "error": "unknown agent"}),
@@ -124,7 +124,7 @@ pub async fn handle(gw: Arc<Gateway>, rest: String, req: Request) -> Response {
                     );
                 }
             };
-            let key = SessionKey::main(&agent.id, &gw.cfg.session.main_key);
+            let key = SessionKey::main(&agent.id, &gw.cfg().session.main_key);
             let recorded = gw.sessions.ensure(&agent, &key, "webchat").and_then(|h| {
                 gw.sessions.append(
                     &agent,
@@ -154,7 +154,7 @@ pub async fn handle(gw: Arc<Gateway>, rest: String, req: Request) -> Response {
                 );
             };
             let key = match body.get("sessionKey").and_then(Value::as_str) {
-                Some(k) => match SessionKey::resolve(k, &agent.id, &gw.cfg.session.main_key) {
+                Some(k) => match SessionKey::resolve(k, &agent.id, &gw.cfg().session.main_key) {
                     Ok(k) if k.agent_id() == agent.id => k,
                     _ => {
                         return reply(
@@ -168,7 +168,7 @@ pub async fn handle(gw: Arc<Gateway>, rest: String, req: Request) -> Response {
             let timeout = body
                 .get("timeoutSeconds")
                 .and_then(Value::as_u64)
-                .unwrap_or(gw.cfg.timeout_seconds)
+                .unwrap_or(gw.cfg().timeout_seconds)
                 .max(1);
             let name = body.get("name").and_then(Value::as_str).unwrap_or("Hook");
             let run_id = uuid::Uuid::new_v4().to_string();

@@ -38,10 +38,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// Liveness plus the applied config: `configHash` (sha256 of the file's bytes) changes only once a reload applied
+/// them; `reloadError` says why the last one was refused (the previous config stays applied).
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Json<Value> {
+    let cfg = gw.cfg();
+    let st = gw.reload_status();
     Json(
         json!({"ok": true, "uptimeMs": u64::try_from(gw.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "agents": gw.cfg.agents.len(), "connections": gw.hub.count(), "activeRuns": gw.runs.active()}),
+        "agents": cfg.agents.len(), "connections": gw.hub.count(), "activeRuns": gw.runs.active(),
+        "configHash": cfg.hash, "reloadError": st.error, "needsRestart": st.needs_restart,
+        "reloads": st.applied}),
     )
 }
 
@@ -63,7 +69,7 @@ async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     if is_upgrade {
         return upgrade(gw, req).await;
     }
-    if let Some(hooks) = &gw.cfg.hooks
+    if let Some(hooks) = &gw.cfg().hooks
         && let Some(rest) = path.strip_prefix(hooks.path.as_str())
         && (rest.is_empty() || rest.starts_with('/'))
     {
@@ -127,11 +133,11 @@ fn bearer_ok(gw: &Gateway, headers: &HeaderMap) -> bool {
 }
 
 /// The agent a request is for: the scope header wins and may not be contradicted.
-fn request_agent<'a>(
-    gw: &'a Gateway,
+fn request_agent(
+    gw: &Gateway,
     headers: &HeaderMap,
     named: Option<&str>,
-) -> Result<&'a AgentConfig, Box<Response>> {
+) -> Result<AgentConfig, Box<Response>> {
     let scope = headers.get(SCOPE_HEADER).and_then(|v| v.to_str().ok());
     let parse = |s: &str| {
         AgentId::parse(s)
@@ -153,12 +159,12 @@ fn request_agent<'a>(
         ))),
         (Some(s), _) => parse(s),
         (None, Some(n)) => parse(n),
-        (None, None) => parse(gw.cfg.default_agent.as_str()),
+        (None, None) => parse(gw.cfg().default_agent.as_str()),
     }
 }
 
 async fn chat_completions(gw: Arc<Gateway>, req: Request) -> Response {
-    if !gw.cfg.chat_completions_enabled {
+    if !gw.cfg().chat_completions_enabled {
         return error_json(StatusCode::NOT_FOUND, "not found", "not_found");
     }
     if !bearer_ok(&gw, req.headers()) {
@@ -220,7 +226,7 @@ async fn chat_completions(gw: Arc<Gateway>, req: Request) -> Response {
                 .map(|u| format!("openai-user:{u}"))
         })
         .unwrap_or_else(|| format!("openai:{}", uuid::Uuid::new_v4()));
-    let key = match SessionKey::resolve(&raw_key, &agent.id, &gw.cfg.session.main_key) {
+    let key = match SessionKey::resolve(&raw_key, &agent.id, &gw.cfg().session.main_key) {
         Ok(k) if k.agent_id() == agent.id => k,
         Ok(_) => {
             return error_json(
@@ -249,7 +255,7 @@ async fn chat_completions(gw: Arc<Gateway>, req: Request) -> Response {
             message,
             channel: "openai",
             extra_system: None,
-            timeout: Duration::from_secs(gw.cfg.timeout_seconds.max(1)),
+            timeout: Duration::from_secs(gw.cfg().timeout_seconds.max(1)),
             tap: stream.then_some(tap_tx),
         },
     );
@@ -274,8 +280,11 @@ async fn chat_completions(gw: Arc<Gateway>, req: Request) -> Response {
     let created = chrono::Utc::now().timestamp();
     let model = model.to_string();
     if !stream {
-        let outcome =
-            runs::wait(done, Duration::from_secs(gw.cfg.timeout_seconds.max(1) + 5)).await;
+        let outcome = runs::wait(
+            done,
+            Duration::from_secs(gw.cfg().timeout_seconds.max(1) + 5),
+        )
+        .await;
         return match outcome {
             Some(o) if o.status == "ok" => Json(json!({"id": run_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text}, "finish_reason": "stop"}],

@@ -124,17 +124,50 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn register(&self, conn: u64, scope: Option<AgentId>, outbox: Outbox, presence: Value) {
-        self.lock().insert(
-            conn,
-            Client {
-                scope,
-                outbox,
-                presence,
-            },
-        );
+    /// Registers a connection and tells operators (`presence`). For a scoped one, `still_known` is asked under the
+    /// registry's lock, so a reload that removes the agent (swap the config, then [`Hub::close_agent`]) either
+    /// sees this connection or makes this call refuse it. Returns whether it was registered. `before_presence`
+    /// runs once registered, before the presence event (the caller queues its hello there, to keep it first).
+    pub fn register(
+        &self,
+        conn: u64,
+        scope: Option<AgentId>,
+        outbox: Outbox,
+        presence: Value,
+        still_known: impl FnOnce(&AgentId) -> bool,
+        before_presence: impl FnOnce(),
+    ) -> bool {
+        {
+            let mut clients = self.lock();
+            if let Some(a) = &scope
+                && !still_known(a)
+            {
+                return false;
+            }
+            clients.insert(
+                conn,
+                Client {
+                    scope,
+                    outbox,
+                    presence,
+                },
+            );
+        }
+        before_presence();
         self.presence_version.fetch_add(1, Ordering::Relaxed);
         self.publish_presence();
+        true
+    }
+
+    /// Closes every connection scoped to `agent` with `code` and `reason`; returns how many.
+    pub fn close_agent(&self, agent: &AgentId, code: u16, reason: &str) -> usize {
+        let clients = self.lock();
+        let mut n = 0;
+        for c in clients.values().filter(|c| c.scope.as_ref() == Some(agent)) {
+            c.outbox.close(code, reason);
+            n += 1;
+        }
+        n
     }
 
     pub fn unregister(&self, conn: u64) {
@@ -207,9 +240,23 @@ mod tests {
         let (op, mut op_rx) = Outbox::new();
         let (a, mut a_rx) = Outbox::new();
         let (b, mut b_rx) = Outbox::new();
-        hub.register(1, None, op, json!({}));
-        hub.register(2, Some(AgentId::parse("a").unwrap()), a, json!({}));
-        hub.register(3, Some(AgentId::parse("b").unwrap()), b, json!({}));
+        hub.register(1, None, op, json!({}), |_| true, || {});
+        hub.register(
+            2,
+            Some(AgentId::parse("a").unwrap()),
+            a,
+            json!({}),
+            |_| true,
+            || {},
+        );
+        hub.register(
+            3,
+            Some(AgentId::parse("b").unwrap()),
+            b,
+            json!({}),
+            |_| true,
+            || {},
+        );
         while op_rx.try_recv().is_ok() {}
         hub.publish(
             "chat",
@@ -223,6 +270,29 @@ mod tests {
             b_rx.try_recv().is_err(),
             "agent b must not see agent a's event"
         );
+    }
+
+    #[test]
+    fn close_agent_closes_only_that_agents_connections() {
+        let hub = Hub::default();
+        let (a, mut a_rx) = Outbox::new();
+        let (b, mut b_rx) = Outbox::new();
+        let b_id = AgentId::parse("b").unwrap();
+        hub.register(
+            1,
+            Some(AgentId::parse("a").unwrap()),
+            a,
+            json!({}),
+            |_| true,
+            || {},
+        );
+        hub.register(2, Some(b_id.clone()), b, json!({}), |_| true, || {});
+        assert_eq!(hub.close_agent(&b_id, 1008, "agent removed"), 1);
+        assert!(matches!(b_rx.try_recv(), Ok(Outgoing::Close(1008, r)) if r == "agent removed"));
+        assert!(a_rx.try_recv().is_err());
+        let (c, _c_rx) = Outbox::new();
+        assert!(!hub.register(3, Some(b_id), c, json!({}), |_| false, || {}));
+        assert_eq!(hub.count(), 2);
     }
 
     #[test]

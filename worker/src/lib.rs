@@ -18,6 +18,7 @@ pub mod model_router;
 pub mod prompt;
 pub mod protocol;
 pub mod providers;
+pub mod reload;
 pub mod routing;
 pub mod runs;
 pub mod secret;

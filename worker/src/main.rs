@@ -1,5 +1,6 @@
 //! `wirebot-worker` binary: parses flags, loads the config, takes over or binds the listener, prints the ready
-//! line, and serves until SIGTERM/SIGINT (exit 0 after draining; 64 for usage/config errors).
+//! line, and serves until SIGTERM/SIGINT (exit 0 after draining; 64 for usage/config errors). SIGHUP re-reads
+//! `clawdbot.json` and the env file and applies them live (`worker::reload`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -91,7 +92,17 @@ async fn serve(args: Args, cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("read the listener address")?;
     let shutdown = CancellationToken::new();
     let gw = worker::Gateway::new(cfg, shutdown.clone())?;
-    tracing::info!(%addr, agents = gw.cfg.agents.len(), state_dir = %gw.cfg.state_dir.display(), "listening");
+    {
+        let cfg = gw.cfg();
+        tracing::info!(%addr, agents = cfg.agents.len(), state_dir = %cfg.state_dir.display(), "listening");
+    }
+    let gw_hup = std::sync::Arc::clone(&gw);
+    let env_file = args.env_file.clone();
+    // Installed before the ready line: a SIGHUP sent as soon as we are ready must reload, not kill us.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -104,17 +115,16 @@ async fn serve(args: Args, cfg: Config) -> anyhow::Result<()> {
         out.flush().context("flush stdout")?;
     }
     let signals = async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // The outcome is logged and exposed by /healthz; a refused reload keeps the old config.
+                    let _ = worker::reload::reload_from_disk(&gw_hup, env_file.as_deref());
+                }
+            }
         }
         shutdown.cancel();
     };

@@ -197,8 +197,8 @@ fn status(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorSha
 
 fn agents_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorShape> {
     let _: Map<String, Value> = params("agents.list", p)?;
-    let agents: Vec<Value> = gw
-        .cfg
+    let cfg = gw.cfg();
+    let agents: Vec<Value> = cfg
         .agents
         .iter()
         .filter(|a| conn.scope.as_ref().is_none_or(|s| *s == a.id))
@@ -213,10 +213,10 @@ fn agents_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Err
             v
         })
         .collect();
-    let default = conn.scope.as_ref().unwrap_or(&gw.cfg.default_agent);
+    let default = conn.scope.as_ref().unwrap_or(&cfg.default_agent);
     Ok(
-        json!({"defaultId": default, "mainKey": gw.cfg.session.main_key,
-        "scope": if gw.cfg.session.global { "global" } else { "per-sender" }, "agents": agents}),
+        json!({"defaultId": default, "mainKey": cfg.session.main_key,
+        "scope": if cfg.session.global { "global" } else { "per-sender" }, "agents": agents}),
     )
 }
 
@@ -235,7 +235,8 @@ fn models_list(gw: &Gateway, p: Option<Value>) -> Result<Value, ErrorShape> {
             models.push(m);
         }
     };
-    for (pid, p) in &gw.cfg.providers {
+    let cfg = gw.cfg();
+    for (pid, p) in &cfg.providers {
         for m in &p.models {
             if let Some(id) = m.get("id").and_then(Value::as_str) {
                 push(
@@ -247,8 +248,8 @@ fn models_list(gw: &Gateway, p: Option<Value>) -> Result<Value, ErrorShape> {
             }
         }
     }
-    for a in &gw.cfg.agents {
-        let choice = gw.cfg.model_for(a);
+    for a in &cfg.agents {
+        let choice = cfg.model_for(a);
         for r in choice.primary.iter().chain(choice.fallbacks.iter()) {
             let (pid, id) = crate::model_router::parse_model_ref(r);
             push(pid, id, None, None);
@@ -264,15 +265,15 @@ fn config_get(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Erro
             "config.get is not available to agent-scoped connections",
         ));
     }
-    let warnings: Vec<Value> = gw
-        .cfg
+    let cfg = gw.cfg();
+    let warnings: Vec<Value> = cfg
         .unmodelled
         .iter()
         .map(|k| json!({"path": k, "message": "kept as-is; not used by wirebot-worker"}))
         .collect();
     Ok(
-        json!({"path": gw.cfg.path, "exists": gw.cfg.raw.is_some(), "raw": gw.cfg.raw, "parsed": gw.cfg.parsed,
-        "valid": true, "config": gw.cfg.parsed, "hash": gw.cfg.hash, "issues": [], "warnings": warnings,
+        json!({"path": cfg.path, "exists": cfg.raw.is_some(), "raw": cfg.raw, "parsed": cfg.parsed,
+        "valid": true, "config": cfg.parsed, "hash": cfg.hash, "issues": [], "warnings": warnings,
         "legacyIssues": []}),
     )
 }
@@ -298,7 +299,7 @@ struct ChatSendParams {
 fn run_timeout(gw: &Gateway, ms: Option<u64>) -> Duration {
     ms.filter(|m| *m > 0)
         .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(gw.cfg.timeout_seconds.max(1)))
+        .unwrap_or(Duration::from_secs(gw.cfg().timeout_seconds.max(1)))
 }
 
 fn chat_send(gw: &Arc<Gateway>, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorShape> {
@@ -364,7 +365,7 @@ fn chat_history(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Er
     let p: HistoryParams = params("chat.history", p)?;
     let (key, agent) = gw.resolve_key(&p.session_key, conn.scope.as_ref())?;
     let limit = p.limit.unwrap_or(200).clamp(1, 1000);
-    let (session_id, mut messages) = gw.sessions.history(agent, &key, limit).map_err(internal)?;
+    let (session_id, mut messages) = gw.sessions.history(&agent, &key, limit).map_err(internal)?;
     for m in messages.iter_mut() {
         if m["role"] == "user"
             && let Some(blocks) = m.get_mut("content").and_then(Value::as_array_mut)
@@ -382,7 +383,7 @@ fn chat_history(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Er
     {
         messages.remove(0);
     }
-    let entry = gw.sessions.entry(agent, &key).map_err(internal)?;
+    let entry = gw.sessions.entry(&agent, &key).map_err(internal)?;
     let thinking = entry
         .as_ref()
         .and_then(|e| e.get("thinkingLevel"))
@@ -422,7 +423,7 @@ fn chat_inject(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Err
     let (key, agent) = gw.resolve_key(&p.session_key, conn.scope.as_ref())?;
     let h = gw
         .sessions
-        .ensure(agent, &key, "webchat")
+        .ensure(&agent, &key, "webchat")
         .map_err(internal)?;
     let text = match &p.label {
         Some(l) if !l.is_empty() => format!("[{l}]\n\n{}", p.message),
@@ -433,7 +434,7 @@ fn chat_inject(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, Err
         "provider": "clawdbot", "model": "gateway-injected"});
     let id = gw
         .sessions
-        .append(agent, &h, "message", json!({"message": msg}))
+        .append(&agent, &h, "message", json!({"message": msg}))
         .map_err(internal)?;
     let run_id = format!("inject-{}", uuid::Uuid::new_v4());
     let payload =
@@ -489,8 +490,8 @@ fn sessions_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
     };
     let now = Gateway::now_ms();
     let mut out = Vec::new();
-    for a in gw
-        .cfg
+    let cfg = gw.cfg();
+    for a in cfg
         .agents
         .iter()
         .filter(|a| filter_agent.as_ref().is_none_or(|f| *f == a.id))
@@ -523,10 +524,9 @@ fn sessions_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
                     continue;
                 }
             }
-            let kind =
-                crate::session_key::SessionKey::resolve(&key, &a.id, &gw.cfg.session.main_key)
-                    .map(|k| k.kind())
-                    .unwrap_or("unknown");
+            let kind = crate::session_key::SessionKey::resolve(&key, &a.id, &cfg.session.main_key)
+                .map(|k| k.kind())
+                .unwrap_or("unknown");
             let mut row = json!({"key": key, "kind": kind});
             if let (Some(r), Value::Object(e)) = (row.as_object_mut(), &e) {
                 for (k, v) in e {
@@ -535,7 +535,7 @@ fn sessions_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
             }
             if p.include_last_message == Some(true)
                 && let Ok(k) =
-                    crate::session_key::SessionKey::resolve(&key, &a.id, &gw.cfg.session.main_key)
+                    crate::session_key::SessionKey::resolve(&key, &a.id, &cfg.session.main_key)
                 && let Ok((_, msgs)) = gw.sessions.history(a, &k, 1)
                 && let Some(m) = msgs.last()
             {
@@ -553,18 +553,16 @@ fn sessions_list(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
     if let Some(l) = p.limit {
         out.truncate(l);
     }
-    let default_agent = filter_agent.as_ref().unwrap_or(&gw.cfg.default_agent);
-    let (provider, model) = gw
+    let default_agent = filter_agent.as_ref().unwrap_or(&cfg.default_agent);
+    let (provider, model) = cfg
         .agent(default_agent)
-        .and_then(|a| gw.cfg.model_for(a).primary)
+        .and_then(|a| cfg.model_for(a).primary)
         .map(|r| {
             let (p, m) = crate::model_router::parse_model_ref(&r);
             (p.to_string(), m.to_string())
         })
         .unwrap_or_default();
-    let path = gw
-        .agent(default_agent)
-        .map(|a| a.sessions_dir.join("sessions.json"));
+    let path = cfg.agent(default_agent).map(|a| a.store_path.clone());
     Ok(json!({"ts": now, "path": path, "count": out.len(),
         "defaults": {"modelProvider": provider, "model": model, "contextTokens": null}, "sessions": out}))
 }
@@ -604,9 +602,9 @@ fn sessions_patch(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, 
     }
     let (key, agent) = gw.resolve_key(&raw_key, conn.scope.as_ref())?;
     gw.sessions
-        .ensure(agent, &key, "webchat")
+        .ensure(&agent, &key, "webchat")
         .map_err(internal)?;
-    let entry = gw.sessions.update(agent, &key, p).map_err(internal)?;
+    let entry = gw.sessions.update(&agent, &key, p).map_err(internal)?;
     Ok(
         json!({"ok": true, "path": agent.sessions_dir.join("sessions.json"), "key": key, "entry": entry}),
     )
@@ -624,14 +622,14 @@ fn sessions_reset(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, 
     let p: KeyParams = params("sessions.reset", p)?;
     let (key, agent) = gw.resolve_key(&p.key, conn.scope.as_ref())?;
     gw.runs.abort(&key, None);
-    let entry = gw.sessions.reset(agent, &key).map_err(internal)?;
+    let entry = gw.sessions.reset(&agent, &key).map_err(internal)?;
     Ok(json!({"ok": true, "key": key, "entry": entry}))
 }
 
 fn sessions_delete(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, ErrorShape> {
     let p: KeyParams = params("sessions.delete", p)?;
     let (key, agent) = gw.resolve_key(&p.key, conn.scope.as_ref())?;
-    if key == crate::session_key::SessionKey::main(&agent.id, &gw.cfg.session.main_key) {
+    if key == crate::session_key::SessionKey::main(&agent.id, &gw.cfg().session.main_key) {
         return Err(ErrorShape::invalid(format!(
             "cannot delete the main session ({key})"
         )));
@@ -639,7 +637,7 @@ fn sessions_delete(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value,
     gw.runs.abort(&key, None);
     let deleted = gw
         .sessions
-        .delete(agent, &key, p.delete_transcript.unwrap_or(true))
+        .delete(&agent, &key, p.delete_transcript.unwrap_or(true))
         .map_err(internal)?;
     Ok(json!({"ok": true, "key": key, "deleted": deleted}))
 }
@@ -679,11 +677,11 @@ fn agent(gw: &Arc<Gateway>, conn: &Conn, id: &str, p: Option<Value>) -> Reply {
             "agent {a} is not this connection's agent"
         )));
     }
-    let agent_id = agent_id.unwrap_or_else(|| gw.cfg.default_agent.clone());
+    let agent_id = agent_id.unwrap_or_else(|| gw.cfg().default_agent.clone());
     let raw_key = p
         .session_key
         .clone()
-        .unwrap_or_else(|| format!("agent:{agent_id}:{}", gw.cfg.session.main_key));
+        .unwrap_or_else(|| format!("agent:{agent_id}:{}", gw.cfg().session.main_key));
     let (key, agent) = match gw.resolve_key(&raw_key, Some(&agent_id)) {
         Ok(x) => x,
         Err(e) => return Reply::Err(e),
@@ -802,7 +800,7 @@ async fn cron_method(
             job.agent_id
                 .as_deref()
                 .and_then(|a| AgentId::parse(a).ok())
-                .unwrap_or_else(|| gw.cfg.default_agent.clone())
+                .unwrap_or_else(|| gw.cfg().default_agent.clone())
         };
         match method {
             "cron.add" => {
@@ -834,7 +832,7 @@ async fn cron_method(
         {
             jobs.retain(|j| {
                 let a = j.get("agentId").and_then(Value::as_str);
-                a.map_or(gw.cfg.default_agent == *scope, |a| a == scope.as_str())
+                a.map_or(gw.cfg().default_agent == *scope, |a| a == scope.as_str())
             });
         }
         return Ok(v);
@@ -865,7 +863,7 @@ fn skills_status(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
     let id = match (p.agent_id, &conn.scope) {
         (Some(a), _) => AgentId::parse(&a).map_err(|e| ErrorShape::invalid(e.to_string()))?,
         (None, Some(s)) => s.clone(),
-        (None, None) => gw.cfg.default_agent.clone(),
+        (None, None) => gw.cfg().default_agent.clone(),
     };
     if let Some(s) = &conn.scope
         && *s != id
@@ -877,7 +875,7 @@ fn skills_status(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value, E
     let agent = gw
         .agent(&id)
         .ok_or_else(|| ErrorShape::invalid(format!("unknown agent {id:?}")))?;
-    Ok(crate::features::skills_status(gw, agent))
+    Ok(crate::features::skills_status(gw, &agent))
 }
 
 fn internal(e: crate::Error) -> ErrorShape {

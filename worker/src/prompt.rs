@@ -67,6 +67,7 @@ mod tests {
             identity: None,
             workspace: dir.path().into(),
             agent_dir: dir.path().into(),
+            store_path: dir.path().join("sessions.json"),
             sessions_dir: dir.path().into(),
             model: ModelChoice::default(),
         };

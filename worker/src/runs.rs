@@ -104,6 +104,19 @@ impl Runs {
         out
     }
 
+    /// Cancels the unfinished runs of every session of `agent` (the agent was removed); returns how many.
+    pub fn abort_agent(&self, agent: &crate::agent_id::AgentId) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for r in g.0.values() {
+            if r.session_key.agent_id() == *agent && r.done.borrow().is_none() {
+                r.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Cancels every unfinished run (shutdown).
     pub fn abort_all(&self) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

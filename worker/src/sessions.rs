@@ -1,5 +1,7 @@
-//! The session store: `agents/<id>/sessions/sessions.json` (Clawdbot's entry format, bounded) plus transcripts.
-//! Each agent's index is loaded on first use, so idle agents cost nothing; every change is written atomically.
+//! The session store: each agent's `sessions.json` (default `agents/<id>/sessions/`, or `session.store` with
+//! `{agentId}`; Clawdbot's entry format, bounded) plus the transcripts beside it. Each index is loaded on first use,
+//! so idle agents cost nothing, and cached by its path, so a reload that moves an agent's store reads the new one;
+//! every change is written atomically.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +9,6 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
-use crate::agent_id::AgentId;
 use crate::config::AgentConfig;
 use crate::session_key::SessionKey;
 use crate::transcript;
@@ -33,10 +34,10 @@ struct AgentSessions {
     tails: HashMap<String, Option<String>>,
 }
 
-/// All agents' session indexes, loaded lazily.
+/// All agents' session indexes, loaded lazily, by index path.
 #[derive(Debug, Default)]
 pub struct SessionStore {
-    agents: Mutex<HashMap<AgentId, AgentSessions>>,
+    agents: Mutex<HashMap<PathBuf, AgentSessions>>,
 }
 
 impl SessionStore {
@@ -46,23 +47,14 @@ impl SessionStore {
         f: impl FnOnce(&mut AgentSessions) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut all = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if !all.contains_key(&agent.id) {
-            let loaded = load_index(&index_path(agent))?;
-            all.insert(
-                agent.id.clone(),
-                AgentSessions {
-                    index: loaded,
-                    tails: HashMap::new(),
-                },
-            );
-        }
-        let entry = all.get_mut(&agent.id).ok_or_else(|| {
-            Error::io(
-                "load session index",
-                index_path(agent),
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
+        let path = index_path(agent);
+        let entry = match all.entry(path.to_path_buf()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(AgentSessions {
+                index: load_index(path)?,
+                tails: HashMap::new(),
+            }),
+        };
         f(entry)
     }
 
@@ -230,17 +222,18 @@ impl SessionStore {
         Ok((Some(h.session_id), transcript::messages(&h.file, limit)?))
     }
 
-    /// Drops an agent's cached index (after a restart of that agent's runs, or to free memory).
-    pub fn forget(&self, agent: &AgentId) {
+    /// Drops the cached index at `store_path` (an agent removed or moved by a reload), freeing its memory. A
+    /// run still writing there loads it again from disk.
+    pub fn forget(&self, store_path: &Path) {
         self.agents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(agent);
+            .remove(store_path);
     }
 }
 
-fn index_path(agent: &AgentConfig) -> PathBuf {
-    agent.sessions_dir.join("sessions.json")
+fn index_path(agent: &AgentConfig) -> &Path {
+    &agent.store_path
 }
 
 fn handle(agent: &AgentConfig, key: &SessionKey, entry: Option<&Value>) -> Option<SessionHandle> {
@@ -307,12 +300,13 @@ fn prune(index: &mut Map<String, Value>) {
 }
 
 fn persist(agent: &AgentConfig, index: &Map<String, Value>) -> Result<(), Error> {
-    atomic::write_json(&index_path(agent), &Value::Object(index.clone()))
+    atomic::write_json(index_path(agent), &Value::Object(index.clone()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent_id::AgentId;
     use crate::config::ModelChoice;
 
     fn agent(dir: &Path) -> AgentConfig {
@@ -322,6 +316,7 @@ mod tests {
             identity: None,
             workspace: dir.join("ws"),
             agent_dir: dir.join("agents/main/agent"),
+            store_path: dir.join("agents/main/sessions/sessions.json"),
             sessions_dir: dir.join("agents/main/sessions"),
             model: ModelChoice::default(),
         }
@@ -369,7 +364,7 @@ mod tests {
                 json!({"sessionId": format!("c{i}"), "updatedAt": i}),
             );
         }
-        atomic::write_json(&index_path(&a), &Value::Object(index)).unwrap();
+        atomic::write_json(index_path(&a), &Value::Object(index)).unwrap();
         let store = SessionStore::default();
         let list = store.list(&a).unwrap();
         assert_eq!(list.len(), 1 + MAX_CRON_SESSIONS);

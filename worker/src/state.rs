@@ -1,7 +1,8 @@
 //! `Gateway`: the shared runtime state of one worker (config, sessions, router, clients, runs) and the
-//! cancellation/tracking handles every task hangs off.
+//! cancellation/tracking handles every task hangs off. The applied config is a snapshot replaced whole on reload
+//! (`reload.rs`); readers take it once per request with [`Gateway::cfg`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -18,10 +19,24 @@ use crate::runs::Runs;
 use crate::session_key::SessionKey;
 use crate::sessions::SessionStore;
 
+/// The outcome of the last reload, for `/healthz` and operators' `health`.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStatus {
+    /// Why the last reload was refused (the old config stays applied); `None` after a successful one.
+    pub error: Option<String>,
+    /// Dotted keys changed in the file that only take effect after a restart.
+    pub needs_restart: Vec<String>,
+    /// Reloads applied since start.
+    pub applied: u64,
+}
+
 /// Everything a connection, an HTTP handler or a run needs; shared as `Arc<Gateway>`.
 #[derive(Debug)]
 pub struct Gateway {
-    pub cfg: Config,
+    /// The applied config. Written only by a reload; see [`Gateway::cfg`].
+    cfg: RwLock<Arc<Config>>,
+    /// What the last reload said (error, keys that need a restart).
+    pub reload_status: Mutex<ReloadStatus>,
     pub sessions: SessionStore,
     pub router: ModelRouter,
     pub hub: Hub,
@@ -45,7 +60,8 @@ impl Gateway {
         let features = crate::features::Features::new(&cfg.parsed);
         Ok(Arc::new(Gateway {
             features,
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
+            reload_status: Mutex::new(ReloadStatus::default()),
             sessions: SessionStore::default(),
             router: ModelRouter::new()?,
             hub: Hub::default(),
@@ -57,9 +73,29 @@ impl Gateway {
         }))
     }
 
+    /// The config currently applied. A reload replaces the snapshot whole, so one request sees one consistent
+    /// config: take it once and borrow from it. Cheap: the read lock is held only to clone the `Arc` (writers are
+    /// SIGHUP reloads, never contended in practice).
+    pub fn cfg(&self) -> Arc<Config> {
+        Arc::clone(&self.cfg.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the applied config (reload only).
+    pub(crate) fn swap_cfg(&self, new: Arc<Config>) -> Arc<Config> {
+        let mut g = self.cfg.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *g, new)
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Checks a bearer/connect token (or password) against `gateway.auth`.
     pub fn token_ok(&self, token: Option<&str>, password: Option<&str>) -> bool {
-        match &self.cfg.auth {
+        match &self.cfg().auth {
             GatewayAuth::Token(t) => token.is_some_and(|x| t.matches(x)),
             GatewayAuth::Password(p) => password.or(token).is_some_and(|x| p.matches(x)),
             GatewayAuth::None => token.or(password).is_some_and(|x| !x.is_empty()),
@@ -68,14 +104,16 @@ impl Gateway {
 
     /// The secret device tokens are derived from.
     pub fn device_secret(&self) -> String {
-        match &self.cfg.auth {
+        let cfg = self.cfg();
+        match &cfg.auth {
             GatewayAuth::Token(t) | GatewayAuth::Password(t) => t.expose().to_string(),
-            GatewayAuth::None => self.cfg.state_dir.display().to_string(),
+            GatewayAuth::None => cfg.state_dir.display().to_string(),
         }
     }
 
-    pub fn agent(&self, id: &AgentId) -> Option<&AgentConfig> {
-        self.cfg.agent(id)
+    /// The agent's current config (a copy: it stays valid across a reload).
+    pub fn agent(&self, id: &AgentId) -> Option<AgentConfig> {
+        self.cfg().agent(id).cloned()
     }
 
     /// Resolves a client-supplied session key for a connection with `scope`, refusing other agents' sessions
@@ -84,9 +122,10 @@ impl Gateway {
         &self,
         raw: &str,
         scope: Option<&AgentId>,
-    ) -> Result<(SessionKey, &AgentConfig), ErrorShape> {
-        let default = scope.unwrap_or(&self.cfg.default_agent);
-        let key = SessionKey::resolve(raw, default, &self.cfg.session.main_key)
+    ) -> Result<(SessionKey, AgentConfig), ErrorShape> {
+        let cfg = self.cfg();
+        let default = scope.unwrap_or(&cfg.default_agent);
+        let key = SessionKey::resolve(raw, default, &cfg.session.main_key)
             .map_err(|e| ErrorShape::invalid(e.to_string()))?;
         let agent_id = key.agent_id();
         if let Some(s) = scope
@@ -103,12 +142,13 @@ impl Gateway {
     }
 
     /// The agentDirs credentials come from: the agent's own, then the default agent's (inherited profiles).
-    pub fn credential_dirs<'a>(&'a self, agent: &'a AgentConfig) -> Vec<&'a std::path::Path> {
-        let mut dirs = vec![agent.agent_dir.as_path()];
-        if let Some(d) = self.agent(&self.cfg.default_agent)
+    pub fn credential_dirs(&self, agent: &AgentConfig) -> Vec<std::path::PathBuf> {
+        let cfg = self.cfg();
+        let mut dirs = vec![agent.agent_dir.clone()];
+        if let Some(d) = cfg.agent(&cfg.default_agent)
             && d.id != agent.id
         {
-            dirs.push(d.agent_dir.as_path());
+            dirs.push(d.agent_dir.clone());
         }
         dirs
     }
@@ -120,11 +160,11 @@ impl Gateway {
     /// The `health` payload; `scope` limits it to one agent.
     pub fn health(&self, scope: Option<&AgentId>) -> Value {
         let t0 = Instant::now();
+        let cfg = self.cfg();
         let mut agents = Vec::new();
         let mut total = 0usize;
         let mut recent_all = Vec::new();
-        for a in self
-            .cfg
+        for a in cfg
             .agents
             .iter()
             .filter(|a| scope.is_none_or(|s| *s == a.id))
@@ -141,19 +181,26 @@ impl Gateway {
                 })
                 .collect();
             recent_all.extend(recent.iter().cloned());
-            let path = a.sessions_dir.join("sessions.json");
-            agents.push(json!({"agentId": a.id, "isDefault": a.id == self.cfg.default_agent,
+            let path = &a.store_path;
+            agents.push(json!({"agentId": a.id, "isDefault": a.id == cfg.default_agent,
                 "heartbeat": {"enabled": false, "every": "0", "everyMs": 0, "prompt": "", "target": "none", "ackMaxChars": 0},
                 "sessions": {"path": path, "count": list.len(), "recent": recent}}));
         }
-        let default = scope.unwrap_or(&self.cfg.default_agent);
-        let default_path = self
-            .agent(default)
-            .map(|a| a.sessions_dir.join("sessions.json"));
+        let default = scope.unwrap_or(&cfg.default_agent);
+        let default_path = cfg.agent(default).map(|a| a.store_path.clone());
         recent_all.truncate(10);
-        json!({"ok": true, "ts": Self::now_ms(), "durationMs": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        let mut out = json!({"ok": true, "ts": Self::now_ms(), "durationMs": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             "channels": {}, "channelOrder": [], "channelLabels": {}, "heartbeatSeconds": 0,
             "defaultAgentId": default, "agents": agents,
-            "sessions": {"path": default_path, "count": total, "recent": recent_all}})
+            "sessions": {"path": default_path, "count": total, "recent": recent_all}});
+        // Operators also see which config is applied (the supervisor waits for its hash after a reload).
+        if scope.is_none() {
+            let st = self.reload_status();
+            out["configHash"] = json!(cfg.hash);
+            out["agentCount"] = json!(cfg.agents.len());
+            out["reloadError"] = json!(st.error);
+            out["needsRestart"] = json!(st.needs_restart);
+        }
+        out
     }
 }

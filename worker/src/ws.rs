@@ -174,8 +174,22 @@ async fn handshake(
         "deviceFamily": params.client.device_family, "mode": params.client.mode, "instanceId": params.client.instance_id,
         "reason": "connect", "ts": Gateway::now_ms()});
     let hello = hello_ok(gw, &conn, conn_id, device_token);
-    outbox.send_text(protocol::res_ok(&frame.id, hello));
-    gw.hub.register(conn_id, scope, outbox.clone(), presence);
+    // A reload that removed the agent since the check above refuses the connect here (see `Hub::register`).
+    let registered = gw.hub.register(
+        conn_id,
+        scope,
+        outbox.clone(),
+        presence,
+        |a| gw.cfg().agent(a).is_some(),
+        || outbox.send_text(protocol::res_ok(&frame.id, hello)),
+    );
+    if !registered {
+        return refuse(
+            outbox,
+            Some(&frame.id),
+            ConnectRefusal::policy("unauthorized: unknown agent in x-wirebot-agent"),
+        );
+    }
     tracing::debug!(conn = conn_id, client = %params.client.id, agent = ?conn.scope, "client connected");
     Some(conn)
 }
@@ -222,8 +236,9 @@ fn authenticate(
 }
 
 fn hello_ok(gw: &Gateway, conn: &Conn, conn_id: u64, device_token: Option<String>) -> Value {
-    let default = conn.scope.as_ref().unwrap_or(&gw.cfg.default_agent);
-    let main_key = &gw.cfg.session.main_key;
+    let cfg = gw.cfg();
+    let default = conn.scope.as_ref().unwrap_or(&cfg.default_agent);
+    let main_key = &cfg.session.main_key;
     let presence = if conn.scope.is_none() {
         gw.hub.presence()
     } else {
@@ -237,9 +252,9 @@ fn hello_ok(gw: &Gateway, conn: &Conn, conn_id: u64, device_token: Option<String
         "snapshot": {"presence": presence, "health": gw.health(conn.scope.as_ref()),
             "stateVersion": {"presence": gw.hub.presence_version(), "health": 0},
             "uptimeMs": u64::try_from(gw.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "configPath": gw.cfg.path, "stateDir": gw.cfg.state_dir,
+            "configPath": cfg.path, "stateDir": cfg.state_dir,
             "sessionDefaults": {"defaultAgentId": default, "mainKey": main_key, "mainSessionKey": format!("agent:{default}:{main_key}"),
-                "scope": if gw.cfg.session.global { "global" } else { "per-sender" }}},
+                "scope": if cfg.session.global { "global" } else { "per-sender" }}},
         "policy": {"maxPayload": protocol::MAX_PAYLOAD, "maxBufferedBytes": protocol::MAX_BUFFERED_BYTES,
             "tickIntervalMs": protocol::TICK_INTERVAL_MS}
     });
