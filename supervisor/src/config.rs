@@ -379,6 +379,7 @@ section! {
     /// `[shared]`
     pub struct SharedFile {
         max_agents_per_worker: u32,
+        uid: u32,
     }
 }
 
@@ -547,6 +548,9 @@ pub const DEFAULT_EGRESS_PORTS: [u16; 3] = [443, 80, 53];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedConfig {
     pub max_agents_per_worker: u32,
+    /// The uid (= gid) every shard worker runs as and that owns shared members' directories when root; outside
+    /// `[uids]`, so no dedicated tenant ever has it.
+    pub uid: u32,
 }
 
 /// The WordPress webhook receiver (used by the webhooks issue).
@@ -764,15 +768,31 @@ impl Config {
             }
         }
 
+        let shared_file = file.shared.unwrap_or_default();
         let shared = SharedConfig {
-            max_agents_per_worker: file
-                .shared
-                .unwrap_or_default()
-                .max_agents_per_worker
-                .unwrap_or(100),
+            max_agents_per_worker: shared_file.max_agents_per_worker.unwrap_or(100),
+            uid: shared_file
+                .uid
+                .unwrap_or_else(|| uids.first.saturating_sub(1)),
         };
         if shared.max_agents_per_worker == 0 {
             push(errors, "shared.max_agents_per_worker", "must be at least 1");
+        }
+        if shared.uid == 0 {
+            push(
+                errors,
+                "shared.uid",
+                "must not be 0 (shard workers never run as root)",
+            );
+        } else if (uids.first..=uids.last).contains(&shared.uid) {
+            push(
+                errors,
+                "shared.uid",
+                format!(
+                    "{} is inside the tenant uid range {}-{} (a dedicated tenant could get it)",
+                    shared.uid, uids.first, uids.last
+                ),
+            );
         }
 
         let webhooks = file.webhooks.unwrap_or_default();

@@ -93,6 +93,10 @@ pub struct App {
     pub upstreams: Mutex<HashMap<UserId, UpstreamState>>,
     /// The edge proxy's Prometheus metrics (`GET /metrics` on the admin listener).
     pub metrics: Arc<ProxyMetrics>,
+    /// Shard internal tokens (read from or written to each shard's `clawdbot.json`), see `shared.rs`.
+    pub shard_tokens: Mutex<HashMap<u32, provisioning::Secret>>,
+    /// Serialises shard agent-list changes (placement, config rewrite, reload) across members.
+    pub shard_lock: tokio::sync::Mutex<()>,
     /// The webhook receiver's state, when `[webhooks] secrets_file` is configured.
     pub webhooks: Option<crate::webhook::WebhookState>,
     /// The reconciler's end of the webhook channel and the store, taken once by [`run`].
@@ -306,6 +310,8 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         routes: Arc::new(routes),
         upstreams: Mutex::new(HashMap::new()),
         metrics: Arc::new(ProxyMetrics::new()),
+        shard_tokens: Mutex::new(HashMap::new()),
+        shard_lock: tokio::sync::Mutex::new(()),
         webhooks,
         reconcile: Mutex::new(reconcile),
         _lock: lock,

@@ -203,10 +203,17 @@ pub fn find(registry: &Registry, layout: &Layout, cgroup_group: &str) -> Result<
             });
         }
     }
+    let shards = registry.shards()?;
     for (user, name) in worker_cgroups(cgroup_group) {
-        if !workers
-            .iter()
-            .any(|w| w.user_id.as_str() == user && w.pid.is_some())
+        let shard_owns = user
+            .parse()
+            .ok()
+            .and_then(|key| crate::shared::shard_of_key(&key))
+            .is_some_and(|n| shards.iter().any(|s| s.shard == n && s.pid.is_some()));
+        if !shard_owns
+            && !workers
+                .iter()
+                .any(|w| w.user_id.as_str() == user && w.pid.is_some())
         {
             drift.push(Drift::UnknownCgroup { name });
         }

@@ -14,6 +14,8 @@ pub mod reconcile;
 pub mod registry;
 pub mod routes;
 pub mod sandbox;
+pub mod shared;
+pub mod tier_move;
 pub mod users;
 pub mod webhook;
 pub mod workers;

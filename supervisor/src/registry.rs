@@ -65,6 +65,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
     // 2: the webhook receiver's tables (dedup, member map, desired states, tombstones, operations).
     crate::webhook::MIGRATION,
+    // 3: the shared tier: shard workers (their own port and worker record) and which shard hosts each shared member.
+    "CREATE TABLE shards (
+        shard          INTEGER PRIMARY KEY NOT NULL CHECK (shard >= 0),
+        port           INTEGER NOT NULL UNIQUE,
+        pid            INTEGER,
+        pid_start_time INTEGER,
+        cgroup         TEXT,
+        state          TEXT NOT NULL DEFAULT 'stopped',
+        restarts       INTEGER NOT NULL DEFAULT 0,
+        diagnosis_json TEXT,
+        updated_at     TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE shard_members (
+        user_id TEXT PRIMARY KEY NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        shard   INTEGER NOT NULL REFERENCES shards(shard)
+    ) STRICT;
+    CREATE INDEX shard_members_shard ON shard_members(shard);
+    CREATE VIEW used_ports AS SELECT port FROM users WHERE port IS NOT NULL UNION ALL SELECT port FROM shards;",
 ];
 
 /// Whether a member is served. Suspension arrives with the webhooks issue.
@@ -161,6 +179,22 @@ pub struct WorkerRecord {
     /// Free-form diagnosis (exit status, OOM, last log lines) as JSON text.
     pub diagnosis_json: Option<String>,
     pub updated_at: String,
+}
+
+/// One shard of the shared tier: a multi-agent worker on its own port, and its last recorded lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardRow {
+    pub shard: u32,
+    pub port: u16,
+    pub pid: Option<i32>,
+    pub pid_start_time: Option<u64>,
+    pub cgroup: Option<String>,
+    pub state: String,
+    pub restarts: u32,
+    pub diagnosis_json: Option<String>,
+    pub updated_at: String,
+    /// How many shared members it hosts.
+    pub members: u32,
 }
 
 /// Result of an audited action.
@@ -424,6 +458,59 @@ impl Registry {
         Ok(())
     }
 
+    /// Every shard with its recorded worker, by shard number.
+    pub fn shards(&self) -> Result<Vec<ShardRow>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT s.shard, s.port, s.pid, s.pid_start_time, s.cgroup, s.state, s.restarts, s.diagnosis_json,
+                        s.updated_at, (SELECT COUNT(*) FROM shard_members m WHERE m.shard = s.shard)
+                 FROM shards s ORDER BY s.shard",
+            )
+            .map_err(db_err("list shards"))?;
+        let rows = stmt
+            .query_map([], shard_from_row)
+            .map_err(db_err("list shards"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err("list shards"))
+    }
+
+    /// The members each shard hosts, ordered by shard then member id.
+    pub fn shard_members(&self) -> Result<Vec<(UserId, u32)>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT user_id, shard FROM shard_members ORDER BY shard, user_id")
+            .map_err(db_err("list shard members"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((parse_column(r, 0)?, r.get(1)?)))
+            .map_err(db_err("list shard members"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(db_err("list shard members"))
+    }
+
+    /// Records a shard worker's lifecycle state (what re-adoption reads), like [`Registry::record_worker`].
+    pub fn record_shard_worker(&self, shard: u32, record: &WorkerRecord) -> Result<(), Error> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "UPDATE shards SET pid = ?2, pid_start_time = ?3, cgroup = ?4, state = ?5, restarts = ?6,
+                 diagnosis_json = ?7, updated_at = ?8 WHERE shard = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                shard,
+                record.pid,
+                record.pid_start_time.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+                record.cgroup,
+                record.state,
+                record.restarts,
+                record.diagnosis_json,
+                now(),
+            ])
+        })
+        .map_err(db_err("record a shard worker"))?;
+        Ok(())
+    }
+
     /// Every binding (for the proxy's routing table).
     pub fn bindings(&self) -> Result<Vec<BindingRow>, Error> {
         let conn = self.lock();
@@ -648,14 +735,87 @@ impl Tx<'_> {
     }
 
     /// The lowest port `first + k * spacing` (≤ last) no user holds.
+    /// Places a shared member on a shard: where it already is, else the lowest-numbered shard with room (fewer than
+    /// `max_agents` members), else a new shard with a freshly allocated port. Returns the shard and whether it is new.
+    pub fn assign_shard(
+        &self,
+        user: &UserId,
+        max_agents: u32,
+        ports: PortRange,
+    ) -> Result<(u32, bool), Error> {
+        let existing: Option<u32> = self
+            .tx
+            .query_row(
+                "SELECT shard FROM shard_members WHERE user_id = ?1",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("read a shard member"))?;
+        if let Some(shard) = existing {
+            return Ok((shard, false));
+        }
+        let with_room: Option<u32> = self
+            .tx
+            .query_row(
+                "SELECT s.shard FROM shards s
+                 WHERE (SELECT COUNT(*) FROM shard_members m WHERE m.shard = s.shard) < ?1
+                 ORDER BY s.shard LIMIT 1",
+                [max_agents],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("find a shard with room"))?;
+        let (shard, created) = match with_room {
+            Some(shard) => (shard, false),
+            None => {
+                let next: u32 = self
+                    .tx
+                    .query_row("SELECT COALESCE(MAX(shard) + 1, 0) FROM shards", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(db_err("number a new shard"))?;
+                let port = self.allocate_port(ports)?;
+                self.tx
+                    .execute(
+                        "INSERT INTO shards (shard, port, updated_at) VALUES (?1, ?2, ?3)",
+                        params![next, port, now()],
+                    )
+                    .map_err(db_err("create a shard"))?;
+                (next, true)
+            }
+        };
+        self.tx
+            .execute(
+                "INSERT INTO shard_members (user_id, shard) VALUES (?1, ?2)",
+                params![user.as_str(), shard],
+            )
+            .map_err(db_err("assign a shard"))?;
+        Ok((shard, created))
+    }
+
+    /// Takes a member off its shard; returns the shard it was on, if any.
+    pub fn unassign_shard(&self, user: &UserId) -> Result<Option<u32>, Error> {
+        let shard: Option<u32> = self
+            .tx
+            .query_row(
+                "DELETE FROM shard_members WHERE user_id = ?1 RETURNING shard",
+                [user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("unassign a shard"))?;
+        Ok(shard)
+    }
+
     fn allocate_port(&self, range: PortRange) -> Result<u16, Error> {
         let first_free: Option<i64> = self
             .tx
             .query_row(
-                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM users WHERE port = ?1) THEN ?1
-                        ELSE (SELECT MIN(u.port + ?3) FROM users u WHERE u.port >= ?1 AND u.port + ?3 <= ?2
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM used_ports WHERE port = ?1) THEN ?1
+                        ELSE (SELECT MIN(u.port + ?3) FROM used_ports u WHERE u.port >= ?1 AND u.port + ?3 <= ?2
                               AND (u.port - ?1) % ?3 = 0
-                              AND NOT EXISTS (SELECT 1 FROM users v WHERE v.port = u.port + ?3)) END",
+                              AND NOT EXISTS (SELECT 1 FROM used_ports v WHERE v.port = u.port + ?3)) END",
                 params![range.first, range.last, range.spacing],
                 |r| r.get(0),
             )
@@ -698,6 +858,23 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         seq: r.get(9)?,
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
+    })
+}
+
+fn shard_from_row(r: &Row<'_>) -> rusqlite::Result<ShardRow> {
+    Ok(ShardRow {
+        shard: r.get(0)?,
+        port: r.get(1)?,
+        pid: r.get(2)?,
+        pid_start_time: r
+            .get::<_, Option<i64>>(3)?
+            .and_then(|t| u64::try_from(t).ok()),
+        cgroup: r.get(4)?,
+        state: r.get(5)?,
+        restarts: r.get(6)?,
+        diagnosis_json: r.get(7)?,
+        updated_at: r.get(8)?,
+        members: r.get(9)?,
     })
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Invariant: one mutex (`App::upstreams`) is held across reading the upstream map and swapping the table, so a
 //! rebuild after a member change can never overwrite a newer worker transition with a stale upstream.
-//! Shared members get no route yet: there is no shared multi-agent worker to send them to.
+//! Shared members route to their shard's upstream, authenticated by their own token and sent on with the shard's
+//! internal token and `x-wirebot-agent: <id>`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard, PoisonError};
@@ -24,9 +25,15 @@ fn upstreams(app: &App) -> MutexGuard<'_, HashMap<UserId, UpstreamState>> {
 fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteSpec>, Error> {
     let users = app.registry.users()?;
     let bindings = app.registry.bindings()?;
+    let shard_of: HashMap<UserId, u32> = app.registry.shard_members()?.into_iter().collect();
     let mut specs = Vec::new();
     for user in users {
-        if user.status != UserStatus::Active || user.tier != Tier::Dedicated {
+        if user.status != UserStatus::Active {
+            continue;
+        }
+        // A shared member is routed once it is on a shard (the shard serves it from then on).
+        let shard = shard_of.get(&user.id).copied();
+        if user.tier == Tier::Shared && shard.is_none() {
             continue;
         }
         let Some(token_hash) = TokenHash::from_hex(&user.token_hash) else {
@@ -53,15 +60,35 @@ fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteS
                 BindingKind::Token => {}
             }
         }
+        let (upstream, auth, user_dir) = match (user.tier, shard) {
+            (Tier::Shared, Some(n)) => (
+                known
+                    .get(&crate::shared::shard_key(n))
+                    .cloned()
+                    .unwrap_or(UpstreamState::Starting),
+                RouteAuth::Shared {
+                    member_token_hash: token_hash,
+                    internal_token: crate::shared::route_token(app, n),
+                    agent_id: user.id.as_str().to_owned(),
+                },
+                // Shards are never idle-stopped, so no cron wake either.
+                None,
+            ),
+            _ => (
+                known
+                    .get(&user.id)
+                    .cloned()
+                    .unwrap_or(UpstreamState::Stopped),
+                RouteAuth::Dedicated { token_hash },
+                Some(app.layout.user_dir(&user.id)),
+            ),
+        };
         specs.push(RouteSpec {
-            upstream: known
-                .get(&user.id)
-                .cloned()
-                .unwrap_or(UpstreamState::Stopped),
-            user_dir: Some(app.layout.user_dir(&user.id)),
+            upstream,
+            user_dir,
             user_id: user.id,
             bindings: routes,
-            auth: RouteAuth::Dedicated { token_hash },
+            auth,
         });
     }
     Ok(specs)

@@ -49,18 +49,21 @@ pub struct Removed {
     pub archive: Option<PathBuf>,
 }
 
-fn owner_of(row: &UserRow) -> Option<Owner> {
-    match (row.uid, row.gid) {
-        (Some(uid), Some(gid)) => Some(Owner { uid, gid }),
+/// Who owns a member's tree: a dedicated member's own uid, the shared uid for shared members (their shard runs as
+/// it), the caller when not root.
+pub fn owner_of(app: &App, row: &UserRow) -> Option<Owner> {
+    match (row.tier, row.uid, row.gid) {
+        (Tier::Shared, Some(_), _) => crate::shared::owner(app),
+        (Tier::Dedicated, Some(uid), Some(gid)) => Some(Owner { uid, gid }),
         _ => None,
     }
 }
 
-fn spec_for(row: &UserRow) -> ProvisionSpec {
+fn spec_for(app: &App, row: &UserRow) -> ProvisionSpec {
     ProvisionSpec {
         user: row.id.clone(),
         tier: row.tier,
-        owner: owner_of(row),
+        owner: owner_of(app, row),
         email: row.email.clone(),
         display_name: row.display_name.clone(),
         gateway_port: row.port,
@@ -110,6 +113,15 @@ pub fn create(app: &App, actor: &str, req: CreateUser) -> Result<(UserRow, Secre
 
 fn create_steps(app: &App, req: CreateUser) -> Result<(UserRow, Secret), Error> {
     let id = req.id.clone();
+    if crate::shared::is_reserved(&id) {
+        return Err(Error::InvalidField {
+            pointer: "/id".to_owned(),
+            detail: format!(
+                "ids starting with {:?} are reserved for shard workers",
+                crate::shared::SHARD_PREFIX
+            ),
+        });
+    }
     let _claim = app.busy.claim(&id)?;
     let new = NewUser {
         id: req.id,
@@ -121,7 +133,7 @@ fn create_steps(app: &App, req: CreateUser) -> Result<(UserRow, Secret), Error> 
     let reserved = app
         .registry
         .transaction(|tx| tx.insert_user(&new, app.tenancy.uids(), app.config.ports))?;
-    let provisioned = match provisioning::provision(&app.layout, &spec_for(&reserved)) {
+    let provisioned = match provisioning::provision(&app.layout, &spec_for(app, &reserved)) {
         Ok(provisioned) => provisioned,
         Err(source) => {
             // provision() removed whatever it created; give the id, uid and port back.
@@ -226,7 +238,7 @@ pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<
                 display_name.as_deref(),
                 app.config.ports,
             )?;
-            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+            provisioning::provision(&app.layout, &spec_for(app, &row)).map_err(|source| {
                 Error::Provisioning {
                     op: "re-provision the state directory",
                     user: id.clone(),
@@ -251,7 +263,7 @@ pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error
                 tx.user(id)?
                     .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
             )?;
-            let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(&row))
+            let token = provisioning::rotate_gateway_token(&app.layout, id, owner_of(app, &row))
                 .map_err(|source| Error::Provisioning {
                     op: "rotate the gateway token",
                     user: id.clone(),
@@ -381,7 +393,7 @@ pub fn reprovision(app: &App, actor: &str, id: &UserId) -> Result<(), Error> {
             .user(id)?
             .ok_or_else(|| Error::UserNotFound { user: id.clone() })?;
         let provisioned =
-            provisioning::provision(&app.layout, &spec_for(&row)).map_err(|source| {
+            provisioning::provision(&app.layout, &spec_for(app, &row)).map_err(|source| {
                 Error::Provisioning {
                     op: "provision the missing state directory",
                     user: id.clone(),

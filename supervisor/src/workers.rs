@@ -126,6 +126,7 @@ pub fn spec_for(app: &App, row: &UserRow) -> Result<Option<WorkerSpec>, Error> {
             nofile: 4096,
             nproc: 4096,
         },
+        extra_rw_paths: Vec::new(),
     }))
 }
 
@@ -255,6 +256,8 @@ pub async fn start_all(app: &Arc<App>) -> Result<(), Error> {
             }
         }
     }
+    // Shards are registered before the sweep, which kills every worker cgroup nobody registered.
+    crate::shared::start_all(app).await?;
     let swept = manager.sweep_unknown().await;
     if !swept.is_empty() {
         tracing::warn!(cgroups = ?swept, "killed workers no record owns");
@@ -296,8 +299,16 @@ async fn audit(
     }
 }
 
-/// Registers (or updates) a dedicated member's worker and waits until it is Ready; a no-op for shared members.
+/// Serves an active member: a dedicated member's worker is registered (or updated) and Ready, then the member is
+/// taken off any shard (a move from the shared tier); a shared member is placed on a shard that serves it.
 pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
+    if row.tier == Tier::Shared {
+        crate::tier_move::prepare(app, row).await?;
+        return crate::shared::ensure_member(app, &row.id).await;
+    }
+    // A member moving from the shared tier leaves its shard first: one process writes its tree at a time.
+    crate::shared::remove_member(app, &row.id).await?;
+    crate::tier_move::prepare(app, row).await?;
     let Some(manager) = app.workers.clone() else {
         // Not root: members are provisioned but nobody can run their workers (logged once at start).
         return Ok(());
@@ -315,8 +326,10 @@ pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
     }
 }
 
-/// Stops a member's worker and forgets it (removal, or a move to the shared tier). Unknown members are fine.
+/// Stops a member's worker and forgets it, or takes a shared member off its shard (removal, suspension, a move to
+/// the shared tier). Unknown members are fine.
 pub async fn forget(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
+    crate::shared::remove_member(app, user).await?;
     let Some(manager) = app.workers.clone() else {
         return Ok(());
     };
@@ -382,7 +395,12 @@ pub async fn record_events(
 
 async fn record(app: &Arc<App>, ev: LifecycleEvent) {
     let port = ev.record.port;
+    let shard = crate::shared::shard_of_key(&ev.user_id);
     crate::routes::set_upstream(app, &ev.user_id, upstream_of(ev.to, port));
+    if shard.is_some() {
+        // Every member of the shard routes to it: rebuild their routes with the shard's new upstream.
+        crate::routes::rebuild_logged(app).await;
+    }
     let outcome = match ev.to {
         WorkerState::Backoff | WorkerState::Quarantined => Outcome::Error,
         _ => Outcome::Ok,
@@ -411,8 +429,12 @@ async fn record(app: &Arc<App>, ev: LifecycleEvent) {
         // daemon exit (`--stop-workers-on-exit`) keeps the last running record: the next daemon finds the pid gone
         // and starts the worker again, whereas a recorded `stopped` means an operator or idle stop (stays stopped).
         let exiting = shutting_down && matches!(to, WorkerState::Stopping | WorkerState::Stopped);
-        if !exiting && app2.registry.user(&user)?.is_some() {
-            app2.registry.record_worker(&row)?;
+        if !exiting {
+            if let Some(n) = shard {
+                app2.registry.record_shard_worker(n, &row)?;
+            } else if app2.registry.user(&user)?.is_some() {
+                app2.registry.record_worker(&row)?;
+            }
         }
         app2.registry.append_event(
             "daemon",

@@ -70,6 +70,7 @@ fn spec(t: &mut Tenant, runtime: Runtime) -> WorkerSpec {
             nofile: 1024,
             nproc: 4096,
         },
+        extra_rw_paths: Vec::new(),
     }
 }
 

@@ -1,1 +1,262 @@
-//! End-to-end: the real daemon's shared tier: multi-agent shard workers, live agent add/remove, shared routes.
+//! End-to-end: the real daemon's shared tier: shared members become agents of a shard worker running as the shared uid
+//! (more shards past `shared.max_agents_per_worker`), reached through the proxy with their own token only; adding and
+//! removing members hot-reloads the shard without dropping other members' WebSockets; tier moves carry the member's
+//! sessions both ways; a restarted daemon re-adopts the shard.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::supervisor::{Options, Supervisor};
+use tests::worker::WsClient;
+
+use crate::e2e_lifecycle::{alive, eventually, state_root, worker_of};
+
+/// `user add <id> --tier <tier>`; the token the CLI printed once.
+fn add(sup: &Supervisor, id: &str, tier: &str) -> String {
+    let out = sup.cli(["user", "add", id, "--tier", tier]);
+    out.ok();
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway token (shown once): "))
+        .unwrap_or_else(|| panic!("no token in: {}", out.stdout))
+        .trim()
+        .to_owned()
+}
+
+fn status_field(pid: i64, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn get(sup: &Supervisor, path: &str, token: &str) -> u16 {
+    sup.proxy(
+        "GET",
+        path,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .status
+}
+
+/// A protocol v3 client through the daemon's proxy on the member's path, as a browser would (`?token=`).
+async fn ws(sup: &Supervisor, id: &str, token: &str) -> WsClient {
+    let url = format!("ws://{}/u/{id}/?token={token}", sup.addr("proxy"));
+    WsClient::connect(&url, token, None).await.unwrap()
+}
+
+fn agent_ids(list: &Value) -> Vec<String> {
+    list["agents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no agents in {list}"))
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_members_live_on_shards_reload_live_and_move_tiers_with_their_sessions() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default().set("shared.max_agents_per_worker", "2"),
+    );
+    let ded = add(&sup, "ded", "dedicated");
+    let s1 = add(&sup, "s1", "shared");
+    let s2 = add(&sup, "s2", "shared");
+
+    // One shard, running as the shared uid with every sandbox layer; members' trees belong to that uid.
+    let shard = worker_of(&sup, "wb-shard-0").expect("the first shared member starts shard 0");
+    let shard_pid = shard["pid"].as_i64().unwrap();
+    let config = std::fs::read_to_string(sup.config_path()).unwrap();
+    let uids_first: u32 = config
+        .lines()
+        .find_map(|l| l.strip_prefix("first = ").filter(|v| v.len() >= 6))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shared_uid = uids_first - 1;
+    assert_eq!(
+        status_field(shard_pid, "Uid").split('\t').next().unwrap(),
+        shared_uid.to_string()
+    );
+    assert_eq!(status_field(shard_pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(shard_pid, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(shard_pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(shard_pid, "Seccomp"), "2");
+    for id in ["s1", "s2"] {
+        let meta = std::fs::metadata(sup.user_dir(id)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (shared_uid, 0o700),
+            "{id}"
+        );
+    }
+    let ded_meta = std::fs::metadata(sup.user_dir("ded")).unwrap();
+    assert_ne!(ded_meta.uid(), shared_uid);
+    // DAC between the tiers: the shared uid cannot read a dedicated member's config, nor the reverse.
+    for (uid, path) in [
+        (shared_uid, sup.user_dir("ded").join("clawdbot.json")),
+        (ded_meta.uid(), sup.user_dir("s1").join("clawdbot.json")),
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                "cat".into(),
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "uid {uid} read {}", path.display());
+    }
+
+    // Routing: each member reaches only itself, by path or by token alone; no token opens another's agent.
+    assert_eq!(get(&sup, "/u/s1/healthz", &s1), 200);
+    assert_eq!(get(&sup, "/healthz", &s2), 200);
+    for (path, token, who) in [
+        ("/u/s1/healthz", &s2, "s2 on s1"),
+        ("/u/s2/healthz", &s1, "s1 on s2"),
+        ("/u/s1/healthz", &ded, "ded on s1"),
+        ("/u/ded/healthz", &s1, "s1 on ded"),
+        ("/u/s1/healthz", &"not-a-token".to_owned(), "a wrong token"),
+    ] {
+        let status = get(&sup, path, token);
+        assert!([401, 403, 404].contains(&status), "{who}: {status}");
+    }
+
+    // A WebSocket of s1 sees only its own agent, and stays open while other members come and go.
+    let mut c1 = ws(&sup, "s1", &s1).await;
+    assert_eq!(
+        agent_ids(&c1.call_ok("agents.list", json!({})).await),
+        ["s1"]
+    );
+    c1.call_ok(
+        "chat.inject",
+        json!({"sessionKey": "main", "message": "remember: ship on friday"}),
+    )
+    .await;
+    let s3 = add(&sup, "s3", "shared"); // shard 0 is full (2): shard 1 starts
+    let shard1 = worker_of(&sup, "wb-shard-1").expect("a full shard makes a new one");
+    assert_ne!(shard1["pid"], shard["pid"]);
+    assert_eq!(get(&sup, "/u/s3/healthz", &s3), 200);
+    sup.cli(["user", "remove", "s2"]).ok();
+    let status = get(&sup, "/u/s2/healthz", &s2);
+    assert!([401, 403, 404].contains(&status), "removed s2: {status}");
+    let s4 = add(&sup, "s4", "shared"); // takes s2's place on shard 0, live
+    assert_eq!(get(&sup, "/u/s4/healthz", &s4), 200);
+    let mut c4 = ws(&sup, "s4", &s4).await;
+    assert_eq!(
+        agent_ids(&c4.call_ok("agents.list", json!({})).await),
+        ["s4"]
+    );
+    assert_eq!(
+        worker_of(&sup, "wb-shard-0").unwrap()["pid"],
+        shard["pid"],
+        "membership changes never restart the shard"
+    );
+    assert!(
+        c1.closed.is_none(),
+        "s1's socket was closed: {:?}",
+        c1.closed
+    );
+    assert_eq!(
+        agent_ids(&c1.call_ok("agents.list", json!({})).await),
+        ["s1"]
+    );
+    let history = c1
+        .call_ok("chat.history", json!({"sessionKey": "main"}))
+        .await;
+    assert!(history.to_string().contains("ship on friday"), "{history}");
+    // s4 cannot reach s1's sessions through its own scoped connection.
+    let other = c4
+        .call("chat.history", json!({"sessionKey": "agent:s1:main"}))
+        .await;
+    assert_eq!(other["ok"], false, "{other}");
+    drop(c4);
+
+    // Tier move shared → dedicated: its own worker, its own uid, the same sessions; and back again.
+    sup.cli(["user", "tier", "s1", "dedicated"]).ok();
+    let own = worker_of(&sup, "s1").expect("a move to dedicated starts the member's worker");
+    let own_pid = own["pid"].as_i64().unwrap();
+    let meta = std::fs::metadata(sup.user_dir("s1").join("workspace")).unwrap();
+    assert_ne!(
+        meta.uid(),
+        shared_uid,
+        "the tree went to the member's own uid"
+    );
+    assert_eq!(get(&sup, "/u/s1/healthz", &s1), 200);
+    let mut d1 = ws(&sup, "s1", &s1).await;
+    assert_eq!(
+        agent_ids(&d1.call_ok("agents.list", json!({})).await),
+        ["main"]
+    );
+    let history = d1
+        .call_ok("chat.history", json!({"sessionKey": "main"}))
+        .await;
+    assert!(
+        history.to_string().contains("ship on friday"),
+        "the session carried over to the dedicated worker: {history}"
+    );
+    drop(d1);
+    sup.cli(["user", "tier", "s1", "shared"]).ok();
+    eventually("s1's own worker stops", || !alive(own_pid));
+    assert!(worker_of(&sup, "s1").is_none());
+    let mut back = ws(&sup, "s1", &s1).await;
+    let history = back
+        .call_ok("chat.history", json!({"sessionKey": "main"}))
+        .await;
+    assert!(
+        history.to_string().contains("ship on friday"),
+        "and back to the shard: {history}"
+    );
+    drop(back);
+    drop(c1);
+
+    // kill -9 of the daemon: the shards keep running and the next daemon re-adopts them (same pids).
+    let pids: Vec<Value> = ["wb-shard-0", "wb-shard-1"]
+        .iter()
+        .map(|k| worker_of(&sup, k).unwrap()["pid"].clone())
+        .collect();
+    let mut sup = sup;
+    sup.kill9();
+    for pid in &pids {
+        assert!(
+            alive(pid.as_i64().unwrap()),
+            "shard {pid} died with the daemon"
+        );
+    }
+    let sup = Supervisor::start_with(dir.path(), Options::default());
+    for (k, pid) in ["wb-shard-0", "wb-shard-1"].iter().zip(&pids) {
+        let w = worker_of(&sup, k).unwrap();
+        assert_eq!(&w["pid"], pid, "{k} re-adopted, not restarted: {w}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while get(&sup, "/u/s3/healthz", &s3) != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("s3 served after the restart");
+}
+
+#[test]
+fn shard_ids_are_reserved() {
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    let out = sup.cli(["user", "add", "wb-shard-0", "--tier", "shared"]);
+    out.fails_with(65);
+    assert!(
+        out.stderr.contains("reserved"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(sup.registry_users().is_empty());
+}

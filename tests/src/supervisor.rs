@@ -400,10 +400,15 @@ impl Supervisor {
             .collect()
     }
 
-    /// How many audit events the registry holds.
+    /// How many audit events of requests the registry holds: worker lifecycle transitions (`worker.*`, which arrive
+    /// on their own schedule, e.g. a shard's first health check) are not counted.
     pub fn event_count(&self) -> i64 {
         self.registry()
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE action NOT LIKE 'worker.%'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap()
     }
 

@@ -198,6 +198,16 @@ impl Manager {
         self.ask(user, |reply| Command::Restart { reply }).await?
     }
 
+    /// Signals the running worker (through its pidfd, so never a process that reused its pid).
+    pub async fn signal(
+        &self,
+        user: &UserId,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), Error> {
+        self.ask(user, |reply| Command::Signal { signal, reply })
+            .await?
+    }
+
     pub async fn status(&self, user: &UserId) -> Result<WorkerRecord, Error> {
         self.ask(user, |reply| Command::Status { reply }).await
     }

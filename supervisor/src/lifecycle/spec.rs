@@ -56,6 +56,10 @@ pub struct WorkerSpec {
     pub port: u16,
     pub limits: ResourceLimits,
     pub rlimits: Rlimits,
+    /// Read-write beyond `user_dir` and `runtime_dir`: a shard worker gets `<data_dir>/users`, because Landlock rules
+    /// cannot be added to a running process and shared members join live (their 0700 dirs owned by the shared uid are
+    /// what it may actually open; every other member's dir is another uid's 0700 dir).
+    pub extra_rw_paths: Vec<PathBuf>,
 }
 
 impl WorkerSpec {
@@ -144,7 +148,10 @@ impl WorkerSpec {
             env_file: Some(self.env_file.clone()),
             identity: self.identity,
             cwd: self.user_dir.clone(),
-            rw_paths: vec![self.user_dir.clone(), self.runtime_dir.clone()],
+            rw_paths: [self.user_dir.clone(), self.runtime_dir.clone()]
+                .into_iter()
+                .chain(self.extra_rw_paths.iter().cloned())
+                .collect(),
             ro_paths,
             bind_port: Some(self.port),
             connect_guard: guard,

@@ -46,6 +46,11 @@ pub(super) enum Command {
     Update {
         spec: Arc<WorkerSpec>,
     },
+    /// Sends a signal to the running instance through its pidfd (e.g. SIGHUP: reload the agent list).
+    Signal {
+        signal: nix::sys::signal::Signal,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// What every worker task shares (immutable).
@@ -230,6 +235,26 @@ impl Worker {
                 self.spec = spec;
                 None
             }
+            Command::Signal { signal, reply } => {
+                let result = match &self.inst {
+                    Some(inst) => {
+                        inst.pidfd
+                            .get_ref()
+                            .send_signal(signal)
+                            .map_err(|source| Error::Io {
+                                user_id: self.spec.user_id.clone(),
+                                op: "signal the worker",
+                                path: PathBuf::new(),
+                                source,
+                            })
+                    }
+                    None => Err(Error::Stopped {
+                        user_id: self.spec.user_id.clone(),
+                    }),
+                };
+                let _ = reply.send(result);
+                None
+            }
             other => Some(other),
         }
     }
@@ -267,7 +292,7 @@ impl Worker {
             Command::Stop { reply, .. } => {
                 let _ = reply.send(());
             }
-            Command::Status { .. } | Command::Update { .. } => {}
+            Command::Status { .. } | Command::Update { .. } | Command::Signal { .. } => {}
         }
     }
 
@@ -367,7 +392,9 @@ impl Worker {
                         let _ = reply.send(());
                         return true;
                     }
-                    Some(Command::Status { .. } | Command::Update { .. }) => {}
+                    Some(
+                        Command::Status { .. } | Command::Update { .. } | Command::Signal { .. },
+                    ) => {}
                 },
                 Wait::Elapsed => {}
             }
@@ -558,7 +585,7 @@ impl Worker {
                 self.transition(WorkerState::Stopped, detail);
                 let _ = reply.send(());
             }
-            Command::Status { .. } | Command::Update { .. } => {}
+            Command::Status { .. } | Command::Update { .. } | Command::Signal { .. } => {}
         }
     }
 
@@ -600,7 +627,7 @@ impl Worker {
                     );
                     let _ = reply.send(());
                 }
-                Some(Command::Status { .. } | Command::Update { .. }) => {}
+                Some(Command::Status { .. } | Command::Update { .. } | Command::Signal { .. }) => {}
             },
             _ => {}
         }

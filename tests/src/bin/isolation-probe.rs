@@ -376,6 +376,7 @@ mod bench {
                 nofile: 1024,
                 nproc: 256,
             },
+            extra_rw_paths: Vec::new(),
         }
     }
 
