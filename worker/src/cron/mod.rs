@@ -1,8 +1,10 @@
 //! Cron engine, compatible with Clawdbot's `cron/jobs.json`: the job model, pure schedule math (at / every /
-//! cron + time zone, heartbeat interval, default member jobs), the atomic store and run logs, the runner task,
-//! and the `cron.*` method handlers. The gateway supplies the executor (an agent turn or a system event).
+//! cron + time zone, heartbeat interval), the atomic store and run logs, the runner task, the `cron.*` method
+//! handlers, and the agent heartbeat. The gateway supplies the executor (an agent turn or a system event).
+//! The member's default standup and reflection jobs are written by `provisioning::schedule`.
 
 mod error;
+pub mod heartbeat;
 mod job;
 pub mod methods;
 mod runner;
@@ -15,7 +17,6 @@ pub use job::{
 };
 pub use runner::{CronAction, CronEvent, CronService, Executor, NotRun, RunOutcome};
 pub use schedule::{
-    DEFAULT_HEARTBEAT, REFLECTION_JOB_ID, STANDUP_JOB_ID, default_member_jobs, heartbeat_interval,
-    next_heartbeat_at_ms, next_run_at_ms, parse_cron,
+    DEFAULT_HEARTBEAT, heartbeat_interval, next_heartbeat_at_ms, next_run_at_ms, parse_cron,
 };
 pub use store::{CronStore, RunLogEntry};

@@ -1,14 +1,14 @@
 //! Schedule math as pure functions of "now": next run of `at` / `every` / `cron` schedules, standard 5-field
-//! cron expressions translated for the `cron` crate, the agent heartbeat interval, and the default member jobs.
+//! cron expressions translated for the `cron` crate, and the agent heartbeat interval.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{NaiveTime, TimeZone, Timelike, Utc, Weekday};
+use chrono::{TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::error::{Error, Result};
-use super::job::{Job, JobState, Payload, Schedule, SessionTarget, WakeMode};
+use super::job::Schedule;
 
 /// The next time (ms since the epoch) `schedule` fires strictly after `now_ms`, or `None` when it never will
 /// again (an `at` in the past). `every` without an anchor uses `default_anchor_ms` (the job's creation time).
@@ -201,75 +201,6 @@ pub fn next_heartbeat_at_ms(
     }
 }
 
-/// Job id of the provisioned daily standup (fixed, so provisioning stays idempotent).
-pub const STANDUP_JOB_ID: &str = "wirebot-daily-standup";
-/// Job id of the provisioned weekly reflection.
-pub const REFLECTION_JOB_ID: &str = "wirebot-weekly-reflection";
-
-/// The jobs provisioning gives a member: a daily standup and a weekly reflection in their time zone, both
-/// main-session system events that wake the assistant now (each left out when its time is not given).
-pub fn default_member_jobs(
-    standup: Option<(NaiveTime, Tz)>,
-    reflection: Option<(Weekday, NaiveTime, Tz)>,
-) -> Vec<Job> {
-    let now_ms = Utc::now().timestamp_millis();
-    let mut jobs = Vec::new();
-    let make = |id: &str, name: &str, description: &str, expr: String, tz: Tz, text: &str| {
-        let schedule = Schedule::Cron {
-            expr,
-            tz: Some(tz.name().to_owned()),
-        };
-        let next = next_run_at_ms(&schedule, now_ms, now_ms).ok().flatten();
-        Job {
-            id: id.to_owned(),
-            agent_id: None,
-            name: name.to_owned(),
-            description: Some(description.to_owned()),
-            enabled: true,
-            delete_after_run: None,
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            schedule,
-            session_target: SessionTarget::Main,
-            wake_mode: WakeMode::Now,
-            payload: Payload::SystemEvent {
-                text: text.to_owned(),
-            },
-            isolation: None,
-            state: JobState {
-                next_run_at_ms: next,
-                ..JobState::default()
-            },
-            extra: serde_json::Map::new(),
-        }
-    };
-    if let Some((time, tz)) = standup {
-        jobs.push(make(
-            STANDUP_JOB_ID,
-            "Daily standup",
-            "Morning check-in on yesterday, today and blockers (wirebot-accountability skill).",
-            format!("{} {} * * *", time.minute(), time.hour()),
-            tz,
-            "Daily standup time. Follow the wirebot-accountability skill: recall yesterday's commitments with \
-             memory_search, ask the member what they finished, what they commit to today and what blocks them, \
-             then record the answers with memory_append.",
-        ));
-    }
-    if let Some((day, time, tz)) = reflection {
-        jobs.push(make(
-            REFLECTION_JOB_ID,
-            "Weekly reflection",
-            "End-of-week review of goals, wins and lessons (wirebot-accountability skill).",
-            format!("{} {} * * {}", time.minute(), time.hour(), day.num_days_from_sunday()),
-            tz,
-            "Weekly reflection time. Follow the wirebot-accountability skill: review this week's daily logs and \
-             goals with memory_search, ask the member about wins, misses and lessons, agree next week's top three \
-             priorities, and record the reflection with memory_append (long-term goals go to MEMORY.md).",
-        ));
-    }
-    jobs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,29 +316,5 @@ mod tests {
         assert_eq!(next_heartbeat_at_ms(None, 5, every), 5);
         assert_eq!(next_heartbeat_at_ms(Some(1_000), 2_000, every), 61_000);
         assert_eq!(next_heartbeat_at_ms(Some(1_000), 100_000, every), 100_000);
-    }
-
-    #[test]
-    fn member_jobs_follow_the_given_times_and_are_off_when_absent() {
-        assert!(default_member_jobs(None, None).is_empty());
-        let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        let jobs = default_member_jobs(
-            Some((NaiveTime::from_hms_opt(8, 30, 0).unwrap(), berlin)),
-            Some((
-                Weekday::Fri,
-                NaiveTime::from_hms_opt(16, 0, 0).unwrap(),
-                berlin,
-            )),
-        );
-        assert_eq!(jobs.len(), 2);
-        assert_eq!(jobs[0].schedule, cron("30 8 * * *", Some("Europe/Berlin")));
-        assert_eq!(jobs[1].schedule, cron("0 16 * * 5", Some("Europe/Berlin")));
-        for job in &jobs {
-            job.validate().unwrap();
-            assert!(job.state.next_run_at_ms.is_some());
-        }
-        // Friday 16:00 Berlin = 15:00 UTC in winter.
-        let next = next_run_at_ms(&jobs[1].schedule, ms("2026-01-05T00:00:00Z"), 0).unwrap();
-        assert_eq!(next, Some(ms("2026-01-09T15:00:00Z")));
     }
 }
