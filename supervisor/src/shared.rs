@@ -206,6 +206,12 @@ fn write_config(app: &App, shard: &ShardRow) -> Result<String, Error> {
     for sub in ["workspace", "agents", "agents/shard", "agents/shard/agent"] {
         ensure_dir(&dir.join(sub), 0o700, owner)?;
     }
+    // The Wirebot skills as the shard's managed skills (`<state>/skills`): every member agent sees them.
+    provisioning::skills::install(&dir, owner).map_err(|source| Error::Provisioning {
+        op: "install the Wirebot skills into the shard",
+        user: shard_key(n),
+        source,
+    })?;
     let runtime_root = app.config.runtime_dir.join("shared");
     ensure_dir(&runtime_root, 0o711, None)?;
     let runtime = shard_runtime_dir(app, n);
@@ -275,6 +281,7 @@ pub fn spec(app: &App, shard: &ShardRow) -> Option<WorkerSpec> {
             nproc: 4096,
         },
         extra_rw_paths: vec![app.layout.users_dir()],
+        start_timeout: None,
     })
 }
 

@@ -97,16 +97,33 @@ pub fn spec_for(app: &App, row: &UserRow) -> Result<Option<WorkerSpec>, Error> {
         ));
     };
     let tier = app.config.tiers.get(row.tier);
-    let runtime = match tier.runtime {
-        ConfigRuntime::Wirebot => Runtime::Wirebot {
-            program: app.worker_program.clone(),
-            extra_args: Vec::new(),
-        },
+    let (runtime, start_timeout) = match tier.runtime {
+        ConfigRuntime::Wirebot => (
+            Runtime::Wirebot {
+                program: app.worker_program.clone(),
+                extra_args: Vec::new(),
+            },
+            None,
+        ),
         ConfigRuntime::Clawdbot => {
-            return Err(unavailable(
-                &row.id,
-                "runtime \"clawdbot\" is not wired into the daemon yet (no node/entry paths in the config)",
-            ));
+            let claw = &app.config.clawdbot;
+            // Config validation guarantees both for a tier running Clawdbot.
+            let (Some(install_dir), Some(node), Some(entry)) =
+                (&claw.install_dir, &claw.node, claw.entry())
+            else {
+                return Err(unavailable(
+                    &row.id,
+                    "runtime \"clawdbot\" needs [clawdbot] install_dir and node",
+                ));
+            };
+            (
+                Runtime::Clawdbot {
+                    node: node.clone(),
+                    entry,
+                    install_dirs: vec![install_dir.clone()],
+                },
+                Some(claw.start_timeout),
+            )
         }
     };
     Ok(Some(WorkerSpec {
@@ -127,6 +144,7 @@ pub fn spec_for(app: &App, row: &UserRow) -> Result<Option<WorkerSpec>, Error> {
             nproc: 4096,
         },
         extra_rw_paths: Vec::new(),
+        start_timeout,
     }))
 }
 
@@ -316,14 +334,53 @@ pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
     let Some(spec) = spec_for(app, row)? else {
         return Ok(());
     };
-    manager.register(spec).await;
+    if matches!(spec.runtime, Runtime::Clawdbot { .. }) {
+        ensure_clawdbot_home(app, row).await?;
+    }
     // The manager bounds the start itself (start timeout, back-off); ours only guards against a hang.
-    let limit = app.config.lifecycle.start_timeout * 3 + Duration::from_secs(5);
+    let limit = spec
+        .start_timeout
+        .unwrap_or(app.config.lifecycle.start_timeout)
+        * 3
+        + Duration::from_secs(5);
+    manager.register(spec).await;
     match tokio::time::timeout(limit, manager.ensure_running(&row.id)).await {
         Ok(Ok(_addr)) => Ok(()),
         Ok(Err(e)) => Err(unavailable(&row.id, lifecycle_chain(&e))),
         Err(_) => Err(unavailable(&row.id, format!("not ready within {limit:?}"))),
     }
+}
+
+/// `<user dir>/home`, the Clawdbot runtime's `HOME` (npm and node caches land there, never in a shared place).
+async fn ensure_clawdbot_home(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
+    let home = app.layout.user_dir(&row.id).join("home");
+    let owner = crate::users::owner_of(app, row);
+    blocking(move || {
+        let io = |op| {
+            let path = home.clone();
+            move |source| Error::Io { op, path, source }
+        };
+        match std::fs::create_dir(&home) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create")(e)),
+        }
+        // The tenant owns its tree: never chmod through a symlink it planted.
+        if !std::fs::symlink_metadata(&home)
+            .map_err(io("inspect"))?
+            .is_dir()
+        {
+            return Err(io("use as a directory")(std::io::Error::from(
+                std::io::ErrorKind::AlreadyExists,
+            )));
+        }
+        if let Some(o) = owner {
+            std::os::unix::fs::lchown(&home, Some(o.uid), Some(o.gid)).map_err(io("chown"))?;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))
+    })
+    .await
 }
 
 /// Stops a member's worker and forgets it, or takes a shared member off its shard (removal, suspension, a move to

@@ -442,3 +442,75 @@ fn reconcile_dry_run_lists_drift_and_changes_nothing_then_repairs_it() {
     let events = sup2.cli(["events", "--user", "ghost"]).ok().stdout.clone();
     assert!(events.contains("user.orphan.archive"), "{events}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through_the_proxy() {
+    tests::require_root!();
+    let Some(install) = crate::lifecycle::clawdbot_dir() else {
+        eprintln!("SKIP the_daemon_runs_the_real_clawdbot…: run tests/install-clawdbot.sh first");
+        return;
+    };
+    let dir = state_root();
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default()
+            .set("tiers.dedicated.runtime", "\"clawdbot\"")
+            .set("tiers.dedicated.memory_max", "\"3G\"")
+            .set("tiers.dedicated.pids_max", "512")
+            .set("tiers.dedicated.cpu_quota_percent", "200")
+            .set(
+                "clawdbot.install_dir",
+                &format!("{:?}", install.display().to_string()),
+            ),
+    );
+    // `user add` returns once the Node gateway accepts connections (or says why not).
+    let started = std::time::Instant::now();
+    let out = sup.cli_within(
+        std::time::Duration::from_secs(600),
+        ["user", "add", "claw", "--tier", "dedicated"],
+    );
+    out.ok();
+    println!(
+        "user add → Ready with the Clawdbot runtime: {} ms",
+        started.elapsed().as_millis()
+    );
+    let token = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway token (shown once): "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let w = worker_of(&sup, "claw").expect("claw's worker is supervised");
+    let pid = w["pid"].as_i64().unwrap();
+    let uid = std::fs::metadata(sup.user_dir("claw"))
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    assert_eq!(
+        status_field(pid, "Uid").split('\t').next().unwrap(),
+        uid.to_string()
+    );
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    // Clawdbot retitles its process; the executable is the node binary of the install.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.starts_with(&install) && exe.ends_with("bin/node"),
+        "the worker is the real Clawdbot gateway on its node: {}",
+        exe.display()
+    );
+    // WS `health` with the member's token, through the daemon's proxy on the member's path.
+    let url = format!("ws://{}/u/claw/?token={token}", sup.addr("proxy"));
+    let mut c = tests::worker::WsClient::connect(&url, &token, None)
+        .await
+        .unwrap();
+    let health = c.call_ok("health", serde_json::json!({})).await;
+    assert_eq!(health["ok"], true, "{health}");
+    // A wrong token is refused by the proxy before Clawdbot sees it.
+    let r = sup.proxy("GET", "/u/claw/", &[("authorization", "Bearer nope")]);
+    assert!([401, 403].contains(&r.status), "{}", r.status);
+    drop(c);
+    sup.cli(["user", "remove", "claw"]).ok();
+    eventually("Clawdbot stops with the member", || !alive(pid));
+}

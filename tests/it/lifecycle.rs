@@ -71,6 +71,7 @@ fn spec(t: &mut Tenant, runtime: Runtime) -> WorkerSpec {
             nproc: 4096,
         },
         extra_rw_paths: Vec::new(),
+        start_timeout: None,
     }
 }
 
@@ -432,7 +433,7 @@ async fn worker_logs_are_root_only_and_hold_the_output() {
 }
 
 /// Where `tests/install-clawdbot.sh` put the real Clawdbot (`$WIREBOT_CLAWDBOT_DIR`, else `<repo>/.cache/clawdbot`).
-fn clawdbot_dir() -> Option<std::path::PathBuf> {
+pub(crate) fn clawdbot_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("WIREBOT_CLAWDBOT_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/clawdbot"));

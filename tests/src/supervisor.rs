@@ -341,13 +341,22 @@ impl Supervisor {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        self.cli_within(DEADLINE, args)
+    }
+
+    /// [`Supervisor::cli`] with another deadline (e.g. `user add` of a member whose worker is the Node-based Clawdbot).
+    pub fn cli_within<I, S>(&self, deadline: Duration, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut command = Command::new(bin_path("wirebot"));
         command
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
             .current_dir(&self.root);
-        run_cli(command)
+        run_cli(command, deadline)
     }
 
     /// One admin-API request over the unix socket: `method`, `path`, and an optional JSON body
@@ -593,10 +602,10 @@ where
 {
     let mut command = Command::new(bin_path("wirebot"));
     command.args(args);
-    run_cli(command)
+    run_cli(command, DEADLINE)
 }
 
-fn run_cli(mut command: Command) -> CliOutput {
+fn run_cli(mut command: Command, deadline: Duration) -> CliOutput {
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -616,10 +625,10 @@ fn run_cli(mut command: Command) -> CliOutput {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_with_deadline(&mut child, DEADLINE).unwrap_or_else(|| {
+    let status = wait_with_deadline(&mut child, deadline).unwrap_or_else(|| {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("wirebot CLI did not finish within {DEADLINE:?}: {command:?}")
+        panic!("wirebot CLI did not finish within {deadline:?}: {command:?}")
     });
     CliOutput {
         status,

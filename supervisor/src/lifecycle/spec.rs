@@ -60,6 +60,8 @@ pub struct WorkerSpec {
     /// cannot be added to a running process and shared members join live (their 0700 dirs owned by the shared uid are
     /// what it may actually open; every other member's dir is another uid's 0700 dir).
     pub extra_rw_paths: Vec<PathBuf>,
+    /// Overrides the manager's start timeout (the Clawdbot runtime needs minutes, not seconds).
+    pub start_timeout: Option<std::time::Duration>,
 }
 
 impl WorkerSpec {

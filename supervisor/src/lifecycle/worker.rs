@@ -317,7 +317,11 @@ impl Worker {
         let Some(pid) = self.inst.as_ref().map(|i| i.pid) else {
             return true;
         };
-        let deadline = tokio::time::Instant::now() + self.env.policy.start_timeout;
+        let deadline = tokio::time::Instant::now()
+            + self
+                .spec
+                .start_timeout
+                .unwrap_or(self.env.policy.start_timeout);
         let readiness = self.spec.readiness();
         let addr = self.addr();
         let ready = async move {

@@ -377,6 +377,7 @@ mod bench {
                 nproc: 256,
             },
             extra_rw_paths: Vec::new(),
+            start_timeout: None,
         }
     }
 
