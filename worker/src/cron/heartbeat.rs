@@ -432,7 +432,7 @@ async fn run_once(gw: &Arc<Gateway>, agent: AgentConfig, s: &HeartbeatSettings) 
         "heartbeat",
         &outcome.event(&id, duration_ms),
         &Audience::Agent(id),
-        true,
+        false,
     );
     outcome
 }
