@@ -31,11 +31,7 @@ fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteS
         if user.status != UserStatus::Active {
             continue;
         }
-        // A shared member is routed once it is on a shard (the shard serves it from then on).
         let shard = shard_of.get(&user.id).copied();
-        if user.tier == Tier::Shared && shard.is_none() {
-            continue;
-        }
         let Some(token_hash) = TokenHash::from_hex(&user.token_hash) else {
             tracing::error!(user_id = %user.id, "registry token hash is not 64 hex digits; member not routed");
             continue;
@@ -72,6 +68,17 @@ fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteS
                     agent_id: user.id.as_str().to_owned(),
                 },
                 // Shards are never idle-stopped, so no cron wake either.
+                None,
+            ),
+            // Moving onto a shard (a new member, or a tier move in flight): 503 with Retry-After until the shard
+            // serves it. Nothing is forwarded while Starting, so the internal token is a throwaway.
+            (Tier::Shared, None) => (
+                UpstreamState::Starting,
+                RouteAuth::Shared {
+                    member_token_hash: token_hash,
+                    internal_token: provisioning::Secret::generate(),
+                    agent_id: user.id.as_str().to_owned(),
+                },
                 None,
             ),
             _ => (

@@ -260,3 +260,116 @@ fn shard_ids_are_reserved() {
     );
     assert!(sup.registry_users().is_empty());
 }
+
+/// One status seen by the traffic loop: the status and whether a 503 carried `Retry-After`.
+type Seen = (u16, bool);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_tier_moves_under_traffic_lose_no_acknowledged_message_and_show_only_503_retry_after()
+{
+    tests::require_root!();
+    let dir = state_root();
+    // No per-member rate limit: this member's own traffic must not be what it measures.
+    let sup = std::sync::Arc::new(Supervisor::start_with(
+        dir.path(),
+        Options::default().set("proxy.per_member_rps", "0"),
+    ));
+    let token = add(&sup, "mover", "shared");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // HTTP traffic through the proxy for the whole run.
+    let http = {
+        let (sup, stop, token) = (sup.clone(), stop.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut seen: Vec<Seen> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = sup.proxy(
+                    "GET",
+                    "/u/mover/healthz",
+                    &[("authorization", &format!("Bearer {token}"))],
+                );
+                seen.push((r.status, r.header("retry-after").is_some()));
+            }
+            seen
+        })
+    };
+    // A WebSocket client sending chat messages; on a close it reconnects (a browser does the same).
+    let chat = {
+        let (sup, stop, token) = (sup.clone(), stop.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut acked: Vec<String> = Vec::new();
+            let mut reconnects = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let url = format!("ws://{}/u/mover/?token={token}", sup.addr("proxy"));
+                let Ok(mut c) = WsClient::connect(&url, &token, None).await else {
+                    reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let text = format!("note {i}");
+                    let params = json!({"sessionKey": "main", "message": text, "idempotencyKey": format!("m{i}")});
+                    match try_call(&mut c, &format!("m{i}"), "chat.send", params).await {
+                        Some(res) if res["ok"] == true => acked.push(text),
+                        _ => break, // closed or refused: reconnect
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                reconnects += 1;
+            }
+            (acked, reconnects)
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sup.cli(["user", "tier", "mover", "dedicated"]).ok();
+    assert!(worker_of(&sup, "mover").is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sup.cli(["user", "tier", "mover", "shared"]).ok();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = http.join().unwrap();
+    let (acked, reconnects) = chat.await.unwrap();
+
+    let ok = seen.iter().filter(|(s, _)| *s == 200).count();
+    let flips = seen.iter().filter(|(s, _)| *s == 503).count();
+    println!(
+        "{} requests: {ok} × 200, {flips} × 503 (Retry-After); {} messages acknowledged, {reconnects} reconnects",
+        seen.len(),
+        acked.len()
+    );
+    for (status, retry_after) in &seen {
+        assert!(
+            *status == 200 || (*status == 503 && *retry_after),
+            "a request saw {status} (Retry-After: {retry_after}) during the moves"
+        );
+    }
+    assert!(ok > 10 && acked.len() > 10, "traffic really flowed");
+    // Every acknowledged message is in the member's session, whichever worker took it.
+    let mut c = ws(&sup, "mover", &token).await;
+    let history = c
+        .call_ok("chat.history", json!({"sessionKey": "main", "limit": 1000}))
+        .await
+        .to_string();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|t| !history.contains(&format!("\"{t}\"")))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
+/// A request whose answer may never come because the socket closes (a tier move): `None` then, never a panic.
+async fn try_call(c: &mut WsClient, id: &str, method: &str, params: Value) -> Option<Value> {
+    use tests::worker::Frame;
+    let frame = json!({"type": "req", "id": id, "method": method, "params": params});
+    c.raw().send_json(&frame).await.ok()?;
+    loop {
+        match c.raw().recv(Duration::from_secs(10)).await {
+            Frame::Json(v) if v["type"] == "res" && v["id"] == id => return Some(v),
+            Frame::Json(_) | Frame::Text(_) => continue,
+            Frame::Close(..) | Frame::Ended => return None,
+        }
+    }
+}

@@ -20,6 +20,9 @@ use crate::sandbox::{self, CgroupLayout, ConnectGuard, PidFd, PortRange, procfs}
 
 /// First words of the Stopped event's detail for an explicit stop (`worker stop`, user removed).
 pub const STOP_REQUESTED: &str = "stop requested";
+/// First word of the Stopped event's detail when the user is removed (or moved off the tier): the task refuses any
+/// later start.
+pub(super) const REMOVED: &str = "removed";
 /// First words of the Stopped event's detail when the supervisor exits with `stop_all_on_exit`: a next supervisor
 /// should start these workers again (unlike an operator's stop).
 pub const STOP_ON_EXIT: &str = "supervisor exiting (stop-workers-on-exit)";
@@ -227,7 +230,11 @@ impl Manager {
 
     /// Stops the worker and forgets the user (user removed).
     pub async fn remove(&self, user: &UserId) -> Result<(), Error> {
-        self.stop(user).await?;
+        self.ask(user, |reply| Command::Stop {
+            reply,
+            why: REMOVED,
+        })
+        .await?;
         self.workers().remove(user);
         Ok(())
     }

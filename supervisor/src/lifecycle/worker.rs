@@ -90,6 +90,9 @@ pub(super) struct Worker {
     waiters: Vec<oneshot::Sender<Result<SocketAddr, Error>>>,
     restart_at: Instant,
     health_failures: u32,
+    /// Stopped for removal ([`super::manager::REMOVED`]): a start queued behind the stop (a proxy wake racing the
+    /// removal) is refused instead of bringing back a worker nobody supervises any more.
+    retired: bool,
 }
 
 enum Wait {
@@ -116,6 +119,7 @@ impl Worker {
             waiters: Vec::new(),
             restart_at: Instant::now(),
             health_failures: 0,
+            retired: false,
         }
     }
 
@@ -226,6 +230,11 @@ impl Worker {
     }
 
     fn status_or_update(&mut self, cmd: Command) -> Option<Command> {
+        if let Command::Stop { why, .. } = &cmd
+            && *why == super::manager::REMOVED
+        {
+            self.retired = true;
+        }
         match cmd {
             Command::Status { reply } => {
                 let _ = reply.send(self.record());
@@ -264,6 +273,11 @@ impl Worker {
             return;
         };
         match cmd {
+            Command::Start { reply } | Command::Restart { reply } if self.retired => {
+                let _ = reply.send(Err(Error::Stopped {
+                    user_id: self.spec.user_id.clone(),
+                }));
+            }
             Command::Start { reply } if self.state == WorkerState::Quarantined => {
                 let summary = self
                     .diagnosis

@@ -274,7 +274,12 @@ impl RouteTableHandle {
     pub fn set_upstream(&self, user: &UserId, upstream: UpstreamState) -> Result<bool, Error> {
         let mut written = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let mut specs = written.clone();
-        let Some(spec) = specs.iter_mut().find(|s| &s.user_id == user) else {
+        // A shared member's upstream is its shard's (set by a rebuild), never a worker event of its own: a dedicated
+        // worker stopping during a move to the shared tier must not touch the new route.
+        let Some(spec) = specs
+            .iter_mut()
+            .find(|s| &s.user_id == user && matches!(s.auth, RouteAuth::Dedicated { .. }))
+        else {
             return Ok(false);
         };
         spec.upstream = upstream;
