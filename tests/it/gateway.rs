@@ -1521,30 +1521,33 @@ async fn operators_get_presence_events_and_scoped_clients_stay_out_of_presence()
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let (fake, _d, w) = setup(|f| basic_config(TOKEN, f)).await;
-    // 150 tokens of 4 KiB: cumulative agent/chat events add up to ~45 MB unless dropped.
-    fake.set_default(Reply::text(&"abcd".repeat(150 * 1024), 150, ms(1)));
+    // Each run's final carries 2 MiB of text. Finals are never dropped, so a client that reads nothing passes
+    // maxBufferedBytes once the kernel's socket buffers are full, and is closed; streamed deltas alone would not
+    // do it (they are skipped while much is queued).
+    fake.set_default(Reply::text(&"abcd".repeat(512 * 1024), 1, ms(0)));
     let mut op = client(&w).await;
     let mut slow = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
-    slow.raw()
-        .send_json(&json!({"type": "req", "id": "s", "method": "chat.send",
-        "params": {"sessionKey": "main", "message": "flood me", "idempotencyKey": "flood"}}))
-        .await
-        .unwrap();
-    // The slow client reads nothing until the run is over.
-    let done = op
-        .call_ok("agent.wait", json!({"runId": "flood", "timeoutMs": 60000}))
+    const RUNS: usize = 12;
+    for i in 0..RUNS {
+        let run = format!("flood-{i}");
+        op.call_ok(
+            "chat.send",
+            send_params(&format!("flood{i}"), "flood me", &run),
+        )
         .await;
-    assert_eq!(done["status"], "ok");
+        // The operator that keeps reading gets everything.
+        op.wait_chat(&run, "final", T).await;
+    }
     let (close, frames) = slow.raw().recv_until_close(Duration::from_secs(60)).await;
     assert_eq!(close, (1008, "slow consumer".into()));
+    let finals = frames
+        .iter()
+        .filter(|f| f["event"] == "chat" && f["payload"]["state"] == "final")
+        .count();
     assert!(
-        !frames
-            .iter()
-            .any(|f| f["event"] == "chat" && f["payload"]["state"] == "final"),
-        "the final event was not queued for the slow client"
+        finals < RUNS,
+        "finals after the close were not queued for the slow client"
     );
-    // The operator that kept reading got everything.
-    op.wait_chat("flood", "final", T).await;
 }
 
 #[tokio::test]
@@ -1557,4 +1560,61 @@ async fn tick_events_arrive_on_the_advertised_interval() {
         .expect("a tick within tickIntervalMs (+10 s slack)");
     assert!(tick["payload"]["ts"].as_i64().unwrap() > 0);
     assert!(tick["seq"].as_u64().unwrap() >= 1);
+}
+
+/// An OpenAI-compatible provider that answers every request with `tokens` in ONE write (the whole SSE body at once,
+/// as tests/bench/worker.sh's provider does): the worker parses thousands of events without waiting on the network.
+async fn burst_provider(tokens: Vec<String>) -> (String, tokio::task::JoinHandle<()>) {
+    let chunk = |delta: Value, fin: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": fin}]})
+        )
+    };
+    let mut body = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    for t in &tokens {
+        body.push_str(&chunk(json!({"content": t}), Value::Null));
+    }
+    body.push_str(&chunk(json!({}), json!("stop")));
+    body.push_str("data: [DONE]\n\n");
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { ([("content-type", "text/event-stream")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (base, task)
+}
+
+#[tokio::test]
+async fn a_reading_client_gets_every_token_of_a_long_burst() {
+    // 2,000 tokens arriving at once: the cumulative `agent` events alone add up to ~20 MB, far over
+    // maxBufferedBytes, yet a client that keeps reading is not a slow consumer and gets the whole reply
+    // (tests/bench/worker.sh hung here: the final event closed the socket as "slow consumer").
+    let tokens: Vec<String> = (0..2000).map(|i| format!("tok{i:04} ")).collect();
+    let (base, _provider) = burst_provider(tokens.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &json!({"gateway": {"auth": {"mode": "token", "token": TOKEN}},
+            "models": {"providers": {"burst": {"baseUrl": base, "apiKey": "k", "api": "openai-completions",
+                "models": [{"id": "m"}]}}},
+            "agents": {"defaults": {"model": {"primary": "burst/m"}}}}),
+    );
+    let w = Worker::start(dir.path(), WorkerOpts::default());
+    let mut c = client(&w).await;
+    for run in ["long-1", "long-2"] {
+        c.call_ok("chat.send", send_params("main", "flood", run))
+            .await;
+        let fin = c.wait_chat(run, "final", Duration::from_secs(60)).await;
+        assert_eq!(chat_text(&fin), tokens.concat());
+        assert_eq!(c.closed, None);
+    }
 }

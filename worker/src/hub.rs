@@ -1,9 +1,11 @@
 //! Connected clients and event fan-out. Unlike Clawdbot (every event to every client), an agent's events reach
 //! only operator connections and connections scoped to that agent. Each client has an outbox whose queued bytes
-//! are counted: over the limit, droppable events are skipped and anything else closes the socket (1008).
+//! are counted: droppable events are skipped once a quarter of the limit is queued; a non-droppable one closes the
+//! socket (1008 "slow consumer") when over the limit while the socket has refused bytes for a while, or when far
+//! over it. Bytes queued only because the writer has not had its turn yet are not a slow consumer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -26,6 +28,8 @@ pub struct Outbox {
     buffered: Arc<AtomicUsize>,
     seq: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
+    /// When the writer's current socket write started (ms), 0 when it is not writing.
+    send_started_ms: Arc<AtomicI64>,
 }
 
 impl Outbox {
@@ -36,6 +40,7 @@ impl Outbox {
             buffered: Arc::new(AtomicUsize::new(0)),
             seq: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
+            send_started_ms: Arc::new(AtomicI64::new(0)),
         };
         (o, rx)
     }
@@ -50,14 +55,24 @@ impl Outbox {
     }
 
     /// Queues an event with this connection's next `seq`, applying the slow-consumer rule.
+    ///
+    /// Droppable events (streamed deltas, ticks, presence, health) each carry the whole state so far, so the next
+    /// one or the final supersedes any that is skipped. They are skipped from [`DROPPABLE_LIMIT`] on, well below
+    /// the close limit: a run streaming faster than the writer drains (thousands of tokens in one network read,
+    /// each with the cumulative text) must not push a reading client over the limit and get its final refused.
+    ///
+    /// A non-droppable event closes the socket when more than `maxBufferedBytes` is queued and the socket has
+    /// refused bytes (a write pending) for [`STALL`], or when [`HARD_LIMIT`] is queued whatever the socket does.
+    /// Queued bytes alone prove nothing: the writer shares the runtime with the run producing them.
     pub fn send_event(&self, name: &str, payload: &Value, droppable: bool) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        if self.buffered.load(Ordering::Relaxed) > MAX_BUFFERED_BYTES {
-            if droppable {
-                return;
-            }
+        let queued = self.buffered.load(Ordering::Relaxed);
+        if droppable && queued > DROPPABLE_LIMIT {
+            return;
+        }
+        if queued > HARD_LIMIT || (queued > MAX_BUFFERED_BYTES && self.stalled()) {
             self.close(close::POLICY, "slow consumer");
             return;
         }
@@ -74,18 +89,40 @@ impl Outbox {
         }
     }
 
+    /// Called by the writer before it writes a frame to the socket.
+    pub fn writing(&self) {
+        self.send_started_ms
+            .store(crate::transcript::now_ms().max(1), Ordering::Relaxed);
+    }
+
     /// Called by the writer once a frame of `n` bytes is on the wire.
     pub fn written(&self, n: usize) {
+        self.send_started_ms.store(0, Ordering::Relaxed);
         self.buffered.fetch_sub(
             n.min(self.buffered.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
     }
 
+    /// Whether the socket has refused bytes for at least [`STALL`] (the current write is still pending).
+    fn stalled(&self) -> bool {
+        let started = self.send_started_ms.load(Ordering::Relaxed);
+        started > 0
+            && crate::transcript::now_ms() - started
+                >= i64::try_from(STALL.as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed) || self.tx.is_closed()
     }
 }
+
+/// Queued bytes from which droppable events are skipped (a quarter of `maxBufferedBytes`).
+pub const DROPPABLE_LIMIT: usize = MAX_BUFFERED_BYTES / 4;
+/// Queued bytes that close the socket even while it still accepts bytes (a reader far slower than the stream).
+pub const HARD_LIMIT: usize = MAX_BUFFERED_BYTES * 8;
+/// How long a pending socket write makes a client over `maxBufferedBytes` a slow consumer.
+pub const STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A close reason fits in 123 bytes (125-byte control frame minus the code); cut at a char boundary.
 pub fn truncate_reason(reason: &str) -> &str {
@@ -304,11 +341,32 @@ mod tests {
     #[test]
     fn slow_consumer_drops_droppable_then_closes() {
         let (o, mut rx) = Outbox::new();
-        o.send_text("x".repeat(MAX_BUFFERED_BYTES + 1));
+        o.send_text("x".repeat(DROPPABLE_LIMIT + 1));
         o.send_event("agent", &json!({}), true);
-        o.send_event("chat", &json!({}), false);
+        o.send_event("chat", &json!({"state": "final"}), false);
         assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(t)) if t.contains("final")));
+        // Over the limit but the socket takes bytes (the writer just has not run yet): queued.
+        o.send_text("x".repeat(MAX_BUFFERED_BYTES));
+        o.send_event("chat", &json!({"state": "final"}), false);
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(t)) if t.contains("final")));
+        // Over the limit with a write pending for longer than STALL: closed.
+        o.send_started_ms.store(
+            crate::transcript::now_ms() - 2 * i64::try_from(STALL.as_millis()).unwrap(),
+            Ordering::Relaxed,
+        );
+        o.send_event("chat", &json!({}), false);
         assert!(matches!(rx.try_recv(), Ok(Outgoing::Close(1008, r)) if r == "slow consumer"));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn far_over_the_limit_closes_even_while_the_socket_takes_bytes() {
+        let (o, mut rx) = Outbox::new();
+        o.send_text("x".repeat(HARD_LIMIT + 1));
+        o.send_event("chat", &json!({}), false);
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Text(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Close(1008, _))));
     }
 }

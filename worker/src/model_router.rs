@@ -44,7 +44,9 @@ pub struct RouteError {
 /// Owns the HTTP client and the auth-profile state.
 #[derive(Debug)]
 pub struct ModelRouter {
-    client: reqwest::Client,
+    /// Built on the first model call: TLS setup (crypto provider, root store) costs ~1 MB of RSS and start time
+    /// that an idle worker never needs.
+    client: std::sync::OnceLock<reqwest::Client>,
     auth: AuthStore,
 }
 
@@ -58,15 +60,22 @@ pub fn parse_model_ref(r: &str) -> (&str, &str) {
 
 impl ModelRouter {
     pub fn new() -> Result<Self, Error> {
-        let client = reqwest::Client::builder()
+        Ok(ModelRouter {
+            client: std::sync::OnceLock::new(),
+            auth: AuthStore::default(),
+        })
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, Error> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let built = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(2)
             .build()
             .map_err(Error::HttpClient)?;
-        Ok(ModelRouter {
-            client,
-            auth: AuthStore::default(),
-        })
+        Ok(self.client.get_or_init(|| built))
     }
 
     /// Routes one call. `on_text` sees streamed text; once any text was streamed, a failure ends the call (no
@@ -77,6 +86,9 @@ impl ModelRouter {
         req: RouteRequest<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Routed, RouteError> {
+        let client = self.client().map_err(|e| RouteError {
+            attempts: vec![e.to_string()],
+        })?;
         let mut attempts = Vec::new();
         let refs: Vec<String> = req
             .models
@@ -129,7 +141,7 @@ impl ModelRouter {
                     on_text(t);
                 };
                 let result = providers::stream(
-                    &self.client,
+                    client,
                     provider,
                     &cred.key,
                     cred.kind,

@@ -42,6 +42,7 @@ pub async fn serve(gw: Arc<Gateway>, socket: WebSocket, peer: Peer) {
                 match next {
                     Some(Outgoing::Text(t)) => {
                         let n = t.len();
+                        outbox.writing();
                         if sink.send(Message::Text(t.into())).await.is_err() {
                             break;
                         }

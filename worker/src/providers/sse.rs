@@ -40,6 +40,9 @@ impl SseReader {
                 if ev.data.is_empty() && ev.event.is_empty() {
                     continue;
                 }
+                // A read can hold thousands of events that need no further I/O: give the rest of the runtime
+                // (the socket writers relaying them) its turn now and then.
+                tokio::task::consume_budget().await;
                 return Ok(Some(ev));
             }
             match tokio::time::timeout(self.idle, self.body.next()).await {
@@ -77,16 +80,21 @@ fn take_event(buf: &mut Vec<u8>) -> Option<SseEvent> {
     Some(ev)
 }
 
+/// The first blank line (`\n\n` or `\r\n\r\n`): its start and length. Stops at the first one, so taking every
+/// event of a buffer that holds thousands is linear, not quadratic.
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        if buf.get(at + 1) == Some(&b'\n') {
+            return Some((at, 2));
+        }
+        if at >= 1 && buf[at - 1] == b'\r' && buf.get(at + 1..at + 3) == Some(b"\r\n") {
+            return Some((at - 1, 4));
+        }
+        i = at + 1;
     }
+    None
 }
 
 #[cfg(test)]
@@ -112,5 +120,9 @@ mod tests {
         );
         assert_eq!(take_event(&mut buf), None);
         assert_eq!(buf, b"partial");
+        let mut buf = b"data: a\r\n\r\ndata: b\n\n".to_vec();
+        assert_eq!(take_event(&mut buf).unwrap().data, "a");
+        assert_eq!(take_event(&mut buf).unwrap().data, "b");
+        assert_eq!(find_blank_line(b"x\ny\r\nz\n"), None);
     }
 }
