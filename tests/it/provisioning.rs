@@ -82,7 +82,8 @@ fn as_root_each_tenant_owns_its_tree_with_its_own_uid() {
     let sup = Supervisor::start(&dir);
     sup.cli(["user", "add", "alice", "--tier", "dedicated"])
         .ok();
-    sup.cli(["user", "add", "bob", "--tier", "shared"]).ok();
+    sup.cli(["user", "add", "bob", "--tier", "dedicated"]).ok();
+    sup.cli(["user", "add", "carol", "--tier", "shared"]).ok();
 
     let alice = sup.api("GET", "/v1/users/alice", None).ok_json();
     let bob = sup.api("GET", "/v1/users/bob", None).ok_json();
@@ -92,6 +93,12 @@ fn as_root_each_tenant_owns_its_tree_with_its_own_uid() {
     assert!(alice_uid != 0 && bob_uid != 0);
     assert_tree(&sup.user_dir("alice"), (alice_uid, alice_uid));
     assert_tree(&sup.user_dir("bob"), (bob_uid, bob_uid));
+    // A shared member's tree belongs to the shard workers' uid (`[shared] uid`, by default just below the
+    // tenant range), never to another member.
+    let carol = sup.api("GET", "/v1/users/carol", None).ok_json();
+    let carol_uid = u32::try_from(carol["uid"].as_u64().unwrap()).unwrap();
+    let first = alice_uid.min(bob_uid).min(carol_uid);
+    assert_tree(&sup.user_dir("carol"), (first - 1, first - 1));
 
     // Runtime secrets live on the runtime dir, private to the tenant.
     let env = sup.runtime_dir().join("users/alice/gateway.env");
