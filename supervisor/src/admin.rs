@@ -40,7 +40,7 @@ pub struct Route {
 
 /// Every route the admin API serves. `openapi.rs` documents exactly these (a test checks both directions).
 pub fn routes() -> Vec<Route> {
-    use axum::routing::{delete, patch, post};
+    use axum::routing::{delete, patch, post, put};
     let route = |method: Method, path, handler| Route {
         method,
         path,
@@ -56,6 +56,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::PATCH, "/v1/users/{id}", patch(update_user)),
         route(Method::DELETE, "/v1/users/{id}", delete(delete_user)),
         route(Method::POST, "/v1/users/{id}/token", post(rotate_token)),
+        route(Method::PUT, "/v1/users/{id}/schedule", put(set_schedule)),
         route(Method::GET, "/v1/events", get(list_events)),
         route(Method::GET, "/v1/workers", get(list_workers)),
         route(Method::POST, "/v1/workers/{id}/start", post(start_worker)),
@@ -389,6 +390,22 @@ fn update_request(body: &Map<String, Value>) -> Result<UpdateUser, Error> {
     })
 }
 
+/// `{timezone, standup, reflection}`, each a string or null/absent (= not set); every field checked on its own so
+/// the 422 points at the one that is wrong.
+fn schedule_request(body: &Map<String, Value>) -> Result<provisioning::MemberSchedule, Error> {
+    reject_unknown(body, &["timezone", "standup", "reflection"])?;
+    let field = |key: &str| optional_str(body, key).map(Option::flatten);
+    let (tz, standup, reflection) = (field("timezone")?, field("standup")?, field("reflection")?);
+    let check = |key: &str, parsed: Result<provisioning::MemberSchedule, provisioning::Error>| {
+        parsed.map(|_| ()).map_err(|e| Error::invalid(&pointer(key), e.to_string()))
+    };
+    check("timezone", provisioning::MemberSchedule::parse(tz, None, None))?;
+    check("standup", provisioning::MemberSchedule::parse(None, standup, None))?;
+    check("reflection", provisioning::MemberSchedule::parse(None, None, reflection))?;
+    provisioning::MemberSchedule::parse(tz, standup, reflection)
+        .map_err(|e| Error::invalid("", e.to_string()))
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Handlers.
 // ---------------------------------------------------------------------------------------------------------------------
@@ -553,6 +570,34 @@ async fn delete_user(
     .await?;
     crate::routes::rebuild_logged(&app).await;
     Ok(Json(json!(removed)))
+}
+
+/// Stores the member's ritual settings and serves it again, which writes (or removes) its default standup and
+/// reflection cron jobs and restarts a running dedicated worker to read them.
+async fn set_schedule(
+    State(app): State<AppState>,
+    Actor(actor): Actor,
+    UserPath(id): UserPath,
+    JsonObject(body): JsonObject,
+) -> Result<Json<Value>, Error> {
+    let schedule = schedule_request(&body)?;
+    let user = blocking({
+        let app = app.clone();
+        let id = id.clone();
+        let schedule = schedule.clone();
+        move || users::set_schedule(&app, &actor, &id, &schedule)
+    })
+    .await?;
+    if user.status == crate::registry::UserStatus::Active {
+        crate::workers::ensure_ready(&app, &user).await?;
+    }
+    Ok(Json(json!({
+        "id": user.id,
+        "timezone": schedule.timezone(),
+        "standup": schedule.standup(),
+        "reflection": schedule.reflection(),
+        "jobs": !schedule.is_off() && user.tier == Tier::Dedicated,
+    })))
 }
 
 async fn rotate_token(

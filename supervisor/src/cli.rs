@@ -161,6 +161,21 @@ pub enum UserCommand {
         /// shared or dedicated.
         tier: String,
     },
+    /// Set the member's rituals: a daily standup and a weekly reflection in its time zone (an omitted flag = none).
+    /// A dedicated member gets matching cron jobs at once; shared members' settings are stored for later.
+    Schedule {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// IANA time zone, e.g. Europe/Berlin (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Daily standup time, HH:MM (24 h).
+        #[arg(long)]
+        standup: Option<String>,
+        /// Weekly reflection, "<weekday> HH:MM", e.g. "fri 17:00".
+        #[arg(long)]
+        reflection: Option<String>,
+    },
     /// Issue a new gateway token (printed once; the old one stops working).
     Token {
         #[arg(allow_hyphen_values = true)]
@@ -495,6 +510,32 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                 )
                 .await?;
                 println!("{id} is now {}{}", text(&user["tier"]), placement(&user));
+                Ok(())
+            })
+        }
+        UserCommand::Schedule {
+            id,
+            timezone,
+            standup,
+            reflection,
+        } => {
+            let id = parse_id(id)?;
+            with_daemon(cli, async |socket| {
+                let set = call(
+                    socket,
+                    Method::PUT,
+                    &format!("/v1/users/{id}/schedule"),
+                    Some(json!({ "timezone": timezone, "standup": standup, "reflection": reflection })),
+                )
+                .await?;
+                let show = |v: &Value| v.as_str().unwrap_or("none").to_owned();
+                println!(
+                    "{id}: standup {}, reflection {}, time zone {}{}",
+                    show(&set["standup"]),
+                    show(&set["reflection"]),
+                    set["timezone"].as_str().unwrap_or("UTC"),
+                    if set["jobs"] == true { " (cron jobs written)" } else { "" }
+                );
                 Ok(())
             })
         }

@@ -119,6 +119,18 @@ pub fn document() -> Value {
                     "responses": merge(ok("200", "New token", schema_ref("Token")), problem_responses(&["400", "404", "409", "500", "503"]))
                 }
             },
+            "/v1/users/{id}/schedule": {
+                "parameters": id_param(),
+                "put": {
+                    "operationId": "setSchedule",
+                    "summary": "Set the member's ritual settings; a dedicated member gets matching standup/reflection cron jobs",
+                    "requestBody": body("Schedule"),
+                    "responses": merge(
+                        ok("200", "Stored and applied", schema_ref("ScheduleResult")),
+                        merge(problem_responses(&input_errors), problem_responses(&["404", "409", "500", "503"]))
+                    )
+                }
+            },
             "/v1/workers": { "get": {
                 "operationId": "listWorkers", "summary": "Every supervised worker (empty when the daemon runs no workers)",
                 "responses": ok("200", "Workers", json!({ "type": "array", "items": schema_ref("Worker") }))
@@ -191,6 +203,24 @@ pub fn document() -> Value {
                     "tier": schema_ref("Tier"),
                     "email": { "type": ["string", "null"], "description": "null clears" },
                     "display_name": { "type": ["string", "null"], "description": "null clears" }
+                }
+            },
+            "Schedule": {
+                "type": "object", "additionalProperties": false,
+                "properties": {
+                    "timezone": { "type": ["string", "null"], "description": "IANA zone, e.g. Europe/Berlin (default UTC)" },
+                    "standup": { "type": ["string", "null"], "description": "Daily standup, HH:MM (null = none)" },
+                    "reflection": { "type": ["string", "null"], "description": "Weekly reflection, e.g. \"fri 17:00\" (null = none)" }
+                }
+            },
+            "ScheduleResult": {
+                "type": "object", "required": ["id", "jobs"],
+                "properties": {
+                    "id": { "type": "string" },
+                    "timezone": { "type": ["string", "null"] },
+                    "standup": { "type": ["string", "null"] },
+                    "reflection": { "type": ["string", "null"] },
+                    "jobs": { "type": "boolean", "description": "Default cron jobs are scheduled (dedicated members)" }
                 }
             },
             "User": {

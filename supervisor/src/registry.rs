@@ -83,6 +83,13 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX shard_members_shard ON shard_members(shard);
     CREATE VIEW used_ports AS SELECT port FROM users WHERE port IS NOT NULL UNION ALL SELECT port FROM shards;",
+    // 4: members' ritual settings (daily standup, weekly reflection, their time zone), as validated text.
+    "CREATE TABLE schedules (
+        user_id    TEXT PRIMARY KEY NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        timezone   TEXT,
+        standup    TEXT,
+        reflection TEXT
+    ) STRICT;",
 ];
 
 /// Whether a member is served. Suspension arrives with the webhooks issue.
@@ -455,6 +462,47 @@ impl Registry {
         let conn = self.lock();
         conn.execute("DELETE FROM workers WHERE user_id = ?1", [user.as_str()])
             .map_err(db_err("clear a worker"))?;
+        Ok(())
+    }
+
+    /// A member's ritual settings (all `None` when never set).
+    pub fn schedule(&self, user: &UserId) -> Result<provisioning::MemberSchedule, Error> {
+        let conn = self.lock();
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
+            .prepare_cached("SELECT timezone, standup, reflection FROM schedules WHERE user_id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(db_err("read a schedule"))?;
+        let (tz, standup, reflection) = row.unwrap_or_default();
+        // Stored only after validation; a row that no longer parses (tz database change) counts as unset.
+        Ok(provisioning::MemberSchedule::parse(
+            tz.as_deref(),
+            standup.as_deref(),
+            reflection.as_deref(),
+        )
+        .unwrap_or_default())
+    }
+
+    /// Stores a member's (validated) ritual settings.
+    pub fn set_schedule(
+        &self,
+        user: &UserId,
+        schedule: &provisioning::MemberSchedule,
+    ) -> Result<(), Error> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO schedules (user_id, timezone, standup, reflection) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id) DO UPDATE SET timezone = ?2, standup = ?3, reflection = ?4",
+            params![
+                user.as_str(),
+                schedule.timezone(),
+                schedule.standup(),
+                schedule.reflection()
+            ],
+        )
+        .map_err(db_err("store a schedule"))?;
         Ok(())
     }
 

@@ -254,6 +254,30 @@ pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<
     audited(app, actor, "user.update", id, result)
 }
 
+/// Stores a member's ritual settings (standup, reflection, time zone); the caller then serves the member again
+/// (`workers::ensure_ready`), which writes the matching default cron jobs.
+pub fn set_schedule(
+    app: &App,
+    actor: &str,
+    id: &UserId,
+    schedule: &provisioning::MemberSchedule,
+) -> Result<UserRow, Error> {
+    let result = (|| {
+        let _claim = app.busy.claim(id)?;
+        let row = settled(
+            app.registry
+                .user(id)?
+                .ok_or_else(|| Error::UserNotFound { user: id.clone() })?,
+        )?;
+        app.registry.set_schedule(id, schedule)?;
+        Ok(row)
+    })();
+    if result.is_ok() {
+        tracing::info!(user_id = %id, actor, schedule = %schedule, "ritual settings stored");
+    }
+    audited(app, actor, "user.schedule", id, result)
+}
+
 /// Issues a new gateway token (written to `clawdbot.json`, hash to the registry) and returns it once.
 pub fn rotate_token(app: &App, actor: &str, id: &UserId) -> Result<Secret, Error> {
     let claim = app.busy.claim(id);

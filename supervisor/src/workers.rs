@@ -326,7 +326,7 @@ pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
     }
     // A member moving from the shared tier leaves its shard first: one process writes its tree at a time.
     crate::shared::remove_member(app, &row.id).await?;
-    crate::tier_move::prepare(app, row).await?;
+    let jobs_changed = crate::tier_move::prepare(app, row).await?;
     let Some(manager) = app.workers.clone() else {
         // Not root: members are provisioned but nobody can run their workers (logged once at start).
         return Ok(());
@@ -344,7 +344,19 @@ pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
         * 3
         + Duration::from_secs(5);
     manager.register(spec).await;
-    match tokio::time::timeout(limit, manager.ensure_running(&row.id)).await {
+    // A running worker keeps its cron store in memory: new default jobs need a restart to be read.
+    let already_running = manager
+        .status(&row.id)
+        .await
+        .is_ok_and(|r| r.pid.is_some());
+    let start = async {
+        if jobs_changed && already_running {
+            manager.restart(&row.id).await
+        } else {
+            manager.ensure_running(&row.id).await
+        }
+    };
+    match tokio::time::timeout(limit, start).await {
         Ok(Ok(_addr)) => Ok(()),
         Ok(Err(e)) => Err(unavailable(&row.id, lifecycle_chain(&e))),
         Err(_) => Err(unavailable(&row.id, format!("not ready within {limit:?}"))),

@@ -514,3 +514,59 @@ async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through
     sup.cli(["user", "remove", "claw"]).ok();
     eventually("Clawdbot stops with the member", || !alive(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_schedule_writes_the_standup_and_reflection_jobs_the_worker_then_lists() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    let token = add_dedicated(&sup, "rita");
+    let pid = worker_of(&sup, "rita").unwrap()["pid"].as_i64().unwrap();
+    // Bad settings: exit 65, the message names the setting, nothing changes.
+    for (flag, value, word) in [
+        ("--standup", "25:00", "standup"),
+        ("--timezone", "Mars/Olympus", "time zone"),
+        ("--reflection", "someday 17:00", "reflection"),
+    ] {
+        let out = sup.cli(["user", "schedule", "rita", flag, value]);
+        out.fails_with(65);
+        assert!(out.stderr.contains(word), "{flag} {value}: {}", out.stderr);
+    }
+    assert_eq!(worker_of(&sup, "rita").unwrap()["pid"].as_i64(), Some(pid));
+
+    let out = sup.cli([
+        "user",
+        "schedule",
+        "rita",
+        "--timezone",
+        "Europe/Berlin",
+        "--standup",
+        "08:30",
+        "--reflection",
+        "fri 17:00",
+    ]);
+    out.ok();
+    assert!(out.stdout.contains("cron jobs written"), "{}", out.stdout);
+    let cron_list = || async {
+        let url = format!("ws://{}/u/rita/?token={token}", sup.addr("proxy"));
+        let mut c = tests::worker::WsClient::connect(&url, &token, None)
+            .await
+            .unwrap();
+        c.call_ok("cron.list", serde_json::json!({"includeDisabled": true}))
+            .await
+    };
+    let jobs = cron_list().await;
+    let listed = jobs["jobs"].as_array().unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(listed.len(), 2, "{jobs}");
+    let text = jobs.to_string();
+    assert!(
+        text.contains("30 8 * * *") && text.contains("Europe/Berlin"),
+        "{text}"
+    );
+    assert!(text.contains("0 17 * * 5"), "{text}");
+
+    // No flags = no rituals: the jobs go away again.
+    sup.cli(["user", "schedule", "rita"]).ok();
+    let jobs = cron_list().await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
+}
