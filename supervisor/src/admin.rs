@@ -397,11 +397,22 @@ fn schedule_request(body: &Map<String, Value>) -> Result<provisioning::MemberSch
     let field = |key: &str| optional_str(body, key).map(Option::flatten);
     let (tz, standup, reflection) = (field("timezone")?, field("standup")?, field("reflection")?);
     let check = |key: &str, parsed: Result<provisioning::MemberSchedule, provisioning::Error>| {
-        parsed.map(|_| ()).map_err(|e| Error::invalid(&pointer(key), e.to_string()))
+        parsed
+            .map(|_| ())
+            .map_err(|e| Error::invalid(&pointer(key), e.to_string()))
     };
-    check("timezone", provisioning::MemberSchedule::parse(tz, None, None))?;
-    check("standup", provisioning::MemberSchedule::parse(None, standup, None))?;
-    check("reflection", provisioning::MemberSchedule::parse(None, None, reflection))?;
+    check(
+        "timezone",
+        provisioning::MemberSchedule::parse(tz, None, None),
+    )?;
+    check(
+        "standup",
+        provisioning::MemberSchedule::parse(None, standup, None),
+    )?;
+    check(
+        "reflection",
+        provisioning::MemberSchedule::parse(None, None, reflection),
+    )?;
     provisioning::MemberSchedule::parse(tz, standup, reflection)
         .map_err(|e| Error::invalid("", e.to_string()))
 }

@@ -534,7 +534,11 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                     show(&set["standup"]),
                     show(&set["reflection"]),
                     set["timezone"].as_str().unwrap_or("UTC"),
-                    if set["jobs"] == true { " (cron jobs written)" } else { "" }
+                    if set["jobs"] == true {
+                        " (cron jobs written)"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(())
             })

@@ -469,7 +469,9 @@ impl Registry {
     pub fn schedule(&self, user: &UserId) -> Result<provisioning::MemberSchedule, Error> {
         let conn = self.lock();
         let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
-            .prepare_cached("SELECT timezone, standup, reflection FROM schedules WHERE user_id = ?1")
+            .prepare_cached(
+                "SELECT timezone, standup, reflection FROM schedules WHERE user_id = ?1",
+            )
             .and_then(|mut stmt| {
                 stmt.query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()
