@@ -545,7 +545,15 @@ async fn chat_send_acks_then_streams_cumulative_deltas_and_a_final() {
     assert_eq!(msgs[0]["role"], "user");
     assert_eq!(msgs[1]["content"][0]["text"], full);
     assert_eq!(msgs[1]["provider"], "anthropic");
-    let index = sessions_index(dir.path(), "main");
+    // The run's metadata reaches the index within the flush interval (the messages were durable already).
+    let deadline = std::time::Instant::now() + T;
+    let index = loop {
+        let index = sessions_index(dir.path(), "main");
+        if index["agent:main:main"]["inputTokens"] == 12 || std::time::Instant::now() > deadline {
+            break index;
+        }
+        tokio::time::sleep(ms(50)).await;
+    };
     let e = &index["agent:main:main"];
     assert_eq!(e["sessionId"], hist["sessionId"]);
     assert_eq!(e["modelProvider"], "anthropic");

@@ -413,8 +413,10 @@ fn persist(gw: &Gateway, agent: &AgentConfig, h: &SessionHandle, message: Value)
     }
 }
 
+/// The run's metadata in the session index (written within `sessions::FLUSH_INTERVAL`; the messages themselves are
+/// in the fsynced transcript).
 fn update(gw: &Gateway, agent: &AgentConfig, key: &SessionKey, fields: Map<String, Value>) {
-    if let Err(e) = gw.sessions.update(agent, key, fields) {
+    if let Err(e) = gw.sessions.update_deferred(agent, key, fields) {
         tracing::error!(agent = %agent.id, session = %key, error = %e, "updating the session index failed");
     }
 }

@@ -50,6 +50,7 @@ const HTTP_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<(), Error> {
     features::start(&gw);
     let ticker = gw.tasks.spawn(ticks(Arc::clone(&gw)));
+    let flusher = gw.tasks.spawn(flush_sessions(Arc::clone(&gw)));
     let app = http::router(Arc::clone(&gw)).into_make_service_with_connect_info::<SocketAddr>();
     let g = Arc::clone(&gw);
     let stop = async move {
@@ -67,6 +68,7 @@ pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<
         _ = cut => tracing::warn!("HTTP connections still open after {} s; closing them", HTTP_GRACE.as_secs()),
     }
     ticker.abort();
+    flusher.abort();
     gw.tasks.close();
     if tokio::time::timeout(RUN_GRACE, gw.tasks.wait())
         .await
@@ -82,11 +84,25 @@ pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<
             .is_err()
         {
             tracing::warn!("draining did not finish");
+            gw.sessions.flush();
             return Ok(());
         }
     }
+    gw.sessions.flush();
     tracing::info!("drained");
     Ok(())
+}
+
+/// Writes session indexes changed by runs, once per `sessions::FLUSH_INTERVAL`.
+async fn flush_sessions(gw: Arc<Gateway>) {
+    let mut interval = tokio::time::interval(sessions::FLUSH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            _ = interval.tick() => gw.sessions.flush(),
+        }
+    }
 }
 
 /// `tick` to every client every 30 s; `health` to operators every other tick.

@@ -1,7 +1,9 @@
 //! The session store: each agent's `sessions.json` (default `agents/<id>/sessions/`, or `session.store` with
 //! `{agentId}`; Clawdbot's entry format, bounded) plus the transcripts beside it. Each index is loaded on first use,
-//! so idle agents cost nothing, and cached by its path, so a reload that moves an agent's store reads the new one;
-//! every change is written atomically.
+//! so idle agents cost nothing, and cached by its path, so a reload that moves an agent's store reads the new one.
+//! Every write is atomic. New sessions and client edits are written at once; the metadata a run updates (tokens,
+//! model, `updatedAt`) is written at most once per [`FLUSH_INTERVAL`] (and at shutdown): what must survive a crash,
+//! the acknowledged messages, is in the fsynced transcript already.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ use crate::{Error, atomic};
 const BLOB_FIELDS: &[&str] = &["skillsSnapshot", "systemPromptReport"];
 /// Isolated cron sessions kept per agent; older ones are pruned from the index.
 const MAX_CRON_SESSIONS: usize = 20;
+/// How often indexes changed by [`SessionStore::update_deferred`] are written.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a session's transcript lives and how to chain the next entry.
 #[derive(Clone, Debug)]
@@ -32,6 +36,8 @@ struct AgentSessions {
     index: Map<String, Value>,
     /// sessionId → id of the transcript's last entry.
     tails: HashMap<String, Option<String>>,
+    /// Changed in memory since the last write.
+    dirty: bool,
 }
 
 /// All agents' session indexes, loaded lazily, by index path.
@@ -53,6 +59,7 @@ impl SessionStore {
             std::collections::hash_map::Entry::Vacant(v) => v.insert(AgentSessions {
                 index: load_index(path)?,
                 tails: HashMap::new(),
+                dirty: false,
             }),
         };
         f(entry)
@@ -90,7 +97,7 @@ impl SessionStore {
             s.index.insert(key.to_string(), entry);
             s.tails.insert(session_id.clone(), None);
             prune(&mut s.index);
-            persist(agent, &s.index)?;
+            persist(index_path(agent), s)?;
             Ok(SessionHandle { key: key.clone(), session_id, file })
         })
     }
@@ -122,21 +129,37 @@ impl SessionStore {
         fields: Map<String, Value>,
     ) -> Result<Option<Value>, Error> {
         self.with(agent, |s| {
-            let Some(Value::Object(e)) = s.index.get_mut(key.as_str()) else {
-                return Ok(None);
-            };
-            for (k, v) in fields {
-                if v.is_null() {
-                    e.remove(&k);
-                } else {
-                    e.insert(k, v);
-                }
+            let out = merge_entry(s, key, fields);
+            if out.is_some() {
+                persist(index_path(agent), s)?;
             }
-            e.insert("updatedAt".into(), json!(transcript::now_ms()));
-            let out = Value::Object(e.clone());
-            persist(agent, &s.index)?;
-            Ok(Some(out))
+            Ok(out)
         })
+    }
+
+    /// Like [`SessionStore::update`], but the index is written by the next [`SessionStore::flush`] (a run's
+    /// metadata: many runs per second must not each rewrite the whole index).
+    pub fn update_deferred(
+        &self,
+        agent: &AgentConfig,
+        key: &SessionKey,
+        fields: Map<String, Value>,
+    ) -> Result<Option<Value>, Error> {
+        self.with(agent, |s| {
+            let out = merge_entry(s, key, fields);
+            s.dirty |= out.is_some();
+            Ok(out)
+        })
+    }
+
+    /// Writes every index changed by [`SessionStore::update_deferred`]; failures are logged and retried next time.
+    pub fn flush(&self) {
+        let mut all = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, s) in all.iter_mut().filter(|(_, s)| s.dirty) {
+            if let Err(e) = persist(path, s) {
+                tracing::error!(path = %path.display(), error = %e, "writing the session index failed");
+            }
+        }
     }
 
     /// All entries of one agent, newest first.
@@ -179,7 +202,7 @@ impl SessionStore {
             let out = Value::Object(e.clone());
             s.index.insert(key.to_string(), Value::Object(e));
             s.tails.insert(session_id, None);
-            persist(agent, &s.index)?;
+            persist(index_path(agent), s)?;
             Ok(out)
         })
     }
@@ -195,7 +218,7 @@ impl SessionStore {
             let Some(e) = s.index.remove(key.as_str()) else {
                 return Ok(false);
             };
-            persist(agent, &s.index)?;
+            persist(index_path(agent), s)?;
             if delete_transcript && let Some(h) = handle(agent, key, Some(&e)) {
                 s.tails.remove(&h.session_id);
                 match std::fs::remove_file(&h.file) {
@@ -225,11 +248,34 @@ impl SessionStore {
     /// Drops the cached index at `store_path` (an agent removed or moved by a reload), freeing its memory. A
     /// run still writing there loads it again from disk.
     pub fn forget(&self, store_path: &Path) {
-        self.agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(store_path);
+        let mut all = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut s) = all.remove(store_path)
+            && s.dirty
+            && let Err(e) = persist(store_path, &mut s)
+        {
+            tracing::error!(path = %store_path.display(), error = %e, "writing the session index failed");
+        }
     }
+}
+
+/// Merges `fields` into `key`'s entry (null removes a field) and bumps `updatedAt`; the entry after, if it exists.
+fn merge_entry(
+    s: &mut AgentSessions,
+    key: &SessionKey,
+    fields: Map<String, Value>,
+) -> Option<Value> {
+    let Some(Value::Object(e)) = s.index.get_mut(key.as_str()) else {
+        return None;
+    };
+    for (k, v) in fields {
+        if v.is_null() {
+            e.remove(&k);
+        } else {
+            e.insert(k, v);
+        }
+    }
+    e.insert("updatedAt".into(), json!(transcript::now_ms()));
+    Some(Value::Object(e.clone()))
 }
 
 fn index_path(agent: &AgentConfig) -> &Path {
@@ -299,8 +345,16 @@ fn prune(index: &mut Map<String, Value>) {
     }
 }
 
-fn persist(agent: &AgentConfig, index: &Map<String, Value>) -> Result<(), Error> {
-    atomic::write_json(index_path(agent), &Value::Object(index.clone()))
+/// Writes the index (without copying it) and clears its dirty mark.
+fn persist(path: &Path, s: &mut AgentSessions) -> Result<(), Error> {
+    let mut bytes = serde_json::to_vec_pretty(&s.index).map_err(|e| Error::Json {
+        path: path.into(),
+        source: e,
+    })?;
+    bytes.push(b'\n');
+    atomic::write_file(path, &bytes, 0o600)?;
+    s.dirty = false;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -347,6 +401,33 @@ mod tests {
         assert!(again.history(&a, &key, 10).unwrap().1.is_empty());
         assert!(again.delete(&a, &key, true).unwrap());
         assert!(again.list(&a).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deferred_updates_reach_disk_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        let key = SessionKey::main(&a.id, "main");
+        let store = SessionStore::default();
+        store.ensure(&a, &key, "webchat").unwrap();
+        let mut f = Map::new();
+        f.insert("inputTokens".into(), json!(7));
+        store.update_deferred(&a, &key, f).unwrap().unwrap();
+        // Served from memory at once; on disk only after the flush.
+        assert_eq!(store.entry(&a, &key).unwrap().unwrap()["inputTokens"], 7);
+        assert!(
+            SessionStore::default()
+                .entry(&a, &key)
+                .unwrap()
+                .unwrap()
+                .get("inputTokens")
+                .is_none()
+        );
+        store.flush();
+        assert_eq!(
+            SessionStore::default().entry(&a, &key).unwrap().unwrap()["inputTokens"],
+            7
+        );
     }
 
     #[test]
