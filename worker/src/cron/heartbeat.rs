@@ -511,7 +511,9 @@ fn transcript_state(gw: &Gateway, agent: &AgentConfig, key: &SessionKey) -> Opti
 
 /// Truncates the transcript back to where it was before the heartbeat turn, but only when everything after that
 /// point belongs to it (one user message, the heartbeat prompt, then assistant and tool entries): a member who
-/// wrote meanwhile keeps their message (returns `false`). A session the heartbeat created keeps only its header.
+/// wrote meanwhile keeps their message (returns `false`), and so does a run in flight. A session the heartbeat
+/// created keeps only its header. The session store has no truncate of its own: a run registering and appending
+/// in the instant between the check and the truncation would lose its entry (Clawdbot truncates unchecked).
 fn prune(
     gw: &Gateway,
     agent: &AgentConfig,
@@ -536,7 +538,8 @@ fn prune(
     f.seek(std::io::SeekFrom::Start(keep))?;
     let mut tail = String::new();
     f.read_to_string(&mut tail)?;
-    if !only_heartbeat_turn(&tail, prompt) {
+    // A run that started meanwhile registers before it appends: leave the transcript to it.
+    if !only_heartbeat_turn(&tail, prompt) || gw.runs.active() > 0 {
         return Ok(false);
     }
     f.set_len(keep)?;
