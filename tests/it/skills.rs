@@ -197,3 +197,30 @@ async fn skill_read_tool_returns_the_skill_file() {
         .unwrap_err();
     assert!(err.to_string().contains("not available"), "{err}");
 }
+
+#[test]
+fn provisioning_embeds_exactly_the_template_skills_byte_for_byte() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(templates())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    let mut embedded: Vec<String> = provisioning::skills::SKILLS
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        embedded, on_disk,
+        "templates/skills and provisioning::skills::SKILLS disagree"
+    );
+    for (name, text) in provisioning::skills::SKILLS {
+        let file = std::fs::read_to_string(templates().join(name).join("SKILL.md")).unwrap();
+        assert_eq!(*text, file, "{name}");
+    }
+    assert_eq!(
+        WIREBOT_SKILLS.len(),
+        provisioning::skills::SKILLS.len(),
+        "every Wirebot skill is installed"
+    );
+}
