@@ -152,6 +152,17 @@ impl FromToml for PathBuf {
     }
 }
 
+impl FromToml for String {
+    fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
+        let s = string_value(key, value, errors)?;
+        if s.is_empty() {
+            push(errors, key, "must not be empty");
+            return None;
+        }
+        Some(s.to_owned())
+    }
+}
+
 /// A list of ports, e.g. `[443, 80, 53]`; each element is checked like a single `u16` (`key[i]`).
 impl FromToml for Vec<u16> {
     fn from_toml(key: &str, value: &toml::Value, errors: &mut Vec<ConfigError>) -> Option<Self> {
@@ -324,8 +335,10 @@ section! {
 }
 
 section! {
-    /// `[proxy]`: exactly the fields of `crate::proxy::ProxyConfig` (which documents each one and owns its defaults).
+    /// `[proxy]`: the fields of `crate::proxy::ProxyConfig` (which documents each one and owns its defaults), plus
+    /// `host_pattern` (a binding every member gets, see [`Config::host_pattern`]).
     pub struct ProxyFile {
+        host_pattern: String,
         listen: SocketAddr,
         connect_timeout_ms: u64,
         header_timeout_ms: u64,
@@ -471,6 +484,8 @@ pub struct Config {
     pub uids: UidRange,
     pub ports: PortRange,
     pub proxy: ProxyConfig,
+    /// A host binding every member gets, e.g. `{id}.helm.example.com` (lowercase, must contain `{id}`).
+    pub host_pattern: Option<String>,
     pub tiers: Tiers,
     pub lifecycle: LifecycleConfig,
     pub shared: SharedConfig,
@@ -754,7 +769,23 @@ impl Config {
             );
         }
 
-        let proxy = proxy_config(file.proxy.unwrap_or_default(), errors);
+        let mut proxy_file = file.proxy.unwrap_or_default();
+        let host_pattern = proxy_file.host_pattern.take();
+        if let Some(p) = &host_pattern {
+            let problem = if !p.contains("{id}") {
+                Some("must contain {id} (each member gets its own host)")
+            } else if p.contains(['/', ' ', ':']) || p.starts_with('.') || p.ends_with('.') {
+                Some("is a bare host name: no scheme, port, slash or space")
+            } else if p.chars().any(|c| c.is_ascii_uppercase()) {
+                Some("must be lowercase (hosts are compared lowercased)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                push(errors, "proxy.host_pattern", format!("{p:?} {problem}"));
+            }
+        }
+        let proxy = proxy_config(proxy_file, errors);
 
         let tiers = file.tiers.unwrap_or_default();
         let shared_default = TierLimits {
@@ -893,6 +924,7 @@ impl Config {
             uids,
             ports,
             proxy,
+            host_pattern,
             tiers,
             lifecycle,
             shared,
@@ -1016,6 +1048,43 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.errors.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn host_patterns_shared_uids_and_the_clawdbot_runtime_are_checked() {
+        for (text, want) in [
+            (
+                "[proxy]\nhost_pattern = \"helm.example.com\"\n",
+                "must contain {id}",
+            ),
+            (
+                "[proxy]\nhost_pattern = \"{id}.Helm.example\"\n",
+                "lowercase",
+            ),
+            (
+                "[proxy]\nhost_pattern = \"https://{id}.x\"\n",
+                "bare host name",
+            ),
+            ("[shared]\nuid = 200005\n", "inside the tenant uid range"),
+            (
+                "[tiers.dedicated]\nruntime = \"clawdbot\"\n",
+                "clawdbot.install_dir: required",
+            ),
+            (
+                "[tiers.shared]\nruntime = \"clawdbot\"\n",
+                "shard workers run",
+            ),
+        ] {
+            let got = errors(text);
+            assert!(got.iter().any(|e| e.contains(want)), "{text}: {got:?}");
+        }
+        let ok = Config::parse(
+            "[proxy]\nhost_pattern = \"{id}.helm.example.com\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.host_pattern.as_deref(), Some("{id}.helm.example.com"));
+        assert_eq!(ok.shared.uid, ok.uids.first - 1);
     }
 
     #[test]

@@ -40,6 +40,9 @@ fn specs(app: &App, known: &HashMap<UserId, UpstreamState>) -> Result<Vec<RouteS
             Binding::PathPrefix(format!("/u/{}/", user.id)),
             Binding::Token,
         ];
+        if let Some(pattern) = &app.config.host_pattern {
+            routes.push(Binding::HostPattern(pattern.clone()));
+        }
         for b in bindings.iter().filter(|b| b.user_id == user.id) {
             match b.kind {
                 BindingKind::Host => routes.push(Binding::Host(b.value.clone())),

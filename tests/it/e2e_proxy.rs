@@ -125,3 +125,48 @@ fn an_idle_worker_is_stopped_and_the_next_request_wakes_it() {
     let metrics = String::from_utf8_lossy(&sup.api("GET", "/metrics", None).body).into_owned();
     assert!(metrics.contains("idle"), "{metrics}");
 }
+
+#[test]
+fn a_host_pattern_gives_every_member_its_own_host_for_its_token_only() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start_with(
+        dir.path(),
+        tests::supervisor::Options::default().set("proxy.host_pattern", "\"{id}.helm.test\""),
+    );
+    let hana = add_dedicated(&sup, "hana");
+    let out = sup.cli(["user", "add", "sora", "--tier", "shared"]);
+    out.ok();
+    let sora = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway token (shown once): "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let get = |host: &str, token: &str| {
+        sup.proxy(
+            "GET",
+            "/healthz",
+            &[
+                ("host", host),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .status
+    };
+    assert_eq!(get("hana.helm.test", &hana), 200);
+    assert_eq!(
+        get("HANA.helm.test:443", &hana),
+        200,
+        "case and port ignored"
+    );
+    assert_eq!(get("sora.helm.test", &sora), 200, "shared members too");
+    for (host, token, who) in [
+        ("hana.helm.test", &sora, "sora on hana's host"),
+        ("sora.helm.test", &hana, "hana on sora's host"),
+    ] {
+        let status = get(host, token);
+        assert!([401, 403].contains(&status), "{who}: {status}");
+    }
+}

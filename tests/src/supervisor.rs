@@ -710,7 +710,13 @@ pub fn http_exchange<S: std::io::Read + std::io::Write>(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> ApiResponse {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: wirebot\r\nconnection: close\r\n");
+    // `host: wirebot` unless the caller sends its own.
+    let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        ""
+    } else {
+        "host: wirebot\r\n"
+    };
+    let mut request = format!("{method} {path} HTTP/1.1\r\n{host}connection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
