@@ -1626,3 +1626,32 @@ async fn a_reading_client_gets_every_token_of_a_long_burst() {
         assert_eq!(c.closed, None);
     }
 }
+
+#[tokio::test]
+async fn a_run_id_of_one_agent_is_not_usable_by_another() {
+    let (_f, _d, w) = setup(|f| multi_agent_config(TOKEN, f, &["main", "tenant"])).await;
+    let mut main = WsClient::connect(&w.ws_url(), TOKEN, Some("main"))
+        .await
+        .unwrap();
+    let mut tenant = WsClient::connect(&w.ws_url(), TOKEN, Some("tenant"))
+        .await
+        .unwrap();
+    main.call_ok("chat.send", send_params("main", "secret plans", "run-1"))
+        .await;
+    main.wait_chat("run-1", "final", T).await;
+    // The same idempotency key from another agent: refused, and nothing of the first run comes back.
+    for method in ["agent", "chat.send"] {
+        let p = json!({"sessionKey": "main", "message": "hi", "idempotencyKey": "run-1"});
+        let r = tenant.call(method, p).await;
+        assert_eq!(r["ok"], false, "{method}: {r}");
+        assert!(
+            !r.to_string().contains("fake provider"),
+            "{method} leaked the other agent's reply: {r}"
+        );
+    }
+    // Its own ids work.
+    tenant
+        .call_ok("chat.send", send_params("main", "hello", "run-2"))
+        .await;
+    tenant.wait_chat("run-2", "final", T).await;
+}

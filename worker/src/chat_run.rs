@@ -52,6 +52,16 @@ pub enum Started {
 /// Registers the run (idempotency), makes the user message durable, then spawns the run. Returns once the
 /// message is on disk: callers ack after this.
 pub fn start(gw: &Arc<Gateway>, mut s: StartRun) -> Result<Started, ErrorShape> {
+    // Run ids are client-chosen: one agent must not learn (or wait on) another agent's run by reusing its id.
+    if gw
+        .runs
+        .session_of(&s.run_id)
+        .is_some_and(|k| k.agent_id() != s.agent.id)
+    {
+        return Err(ErrorShape::invalid(
+            "idempotencyKey is already in use; choose another",
+        ));
+    }
     let slot = match gw.runs.register(&s.run_id, &s.key) {
         Ok(slot) => slot,
         Err(existing) => return Ok(Started::Existing(existing)),

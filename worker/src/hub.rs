@@ -30,6 +30,8 @@ pub struct Outbox {
     closed: Arc<AtomicBool>,
     /// When the writer's current socket write started (ms), 0 when it is not writing.
     send_started_ms: Arc<AtomicI64>,
+    /// Cancelled by [`Outbox::close`]: a write still blocked [`CLOSE_GRACE`] later is given up.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Outbox {
@@ -41,6 +43,7 @@ impl Outbox {
             seq: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicBool::new(false)),
             send_started_ms: Arc::new(AtomicI64::new(0)),
+            closing: tokio_util::sync::CancellationToken::new(),
         };
         (o, rx)
     }
@@ -86,7 +89,15 @@ impl Outbox {
             let _ = self
                 .tx
                 .send(Outgoing::Close(code, truncate_reason(reason).to_string()));
+            self.closing.cancel();
         }
+    }
+
+    /// Resolves [`CLOSE_GRACE`] after the outbox was closed: the writer stops waiting on a socket the peer does
+    /// not read (its queue is freed and the connection ends) instead of holding it forever.
+    pub async fn close_grace_over(&self) {
+        self.closing.cancelled().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
     }
 
     /// Called by the writer before it writes a frame to the socket.
@@ -121,6 +132,8 @@ impl Outbox {
 pub const DROPPABLE_LIMIT: usize = MAX_BUFFERED_BYTES / 4;
 /// Queued bytes that close the socket even while it still accepts bytes (a reader far slower than the stream).
 pub const HARD_LIMIT: usize = MAX_BUFFERED_BYTES * 8;
+/// How long a closed connection's writer keeps trying to deliver what is queued (the close frame included).
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a pending socket write makes a client over `maxBufferedBytes` a slow consumer.
 pub const STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -330,6 +343,22 @@ mod tests {
         let (c, _c_rx) = Outbox::new();
         assert!(!hub.register(3, Some(b_id), c, json!({}), |_| false, || {}));
         assert_eq!(hub.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_outbox_gives_up_on_its_socket_after_the_grace() {
+        let (o, _rx) = Outbox::new();
+        let early = tokio::time::timeout(CLOSE_GRACE, o.close_grace_over()).await;
+        assert!(early.is_err(), "not closed: never over");
+        o.close(1008, "slow consumer");
+        assert!(
+            tokio::time::timeout(CLOSE_GRACE / 2, o.close_grace_over())
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(CLOSE_GRACE * 2, o.close_grace_over())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -43,18 +43,24 @@ pub async fn serve(gw: Arc<Gateway>, socket: WebSocket, peer: Peer) {
                     Some(Outgoing::Text(t)) => {
                         let n = t.len();
                         outbox.writing();
-                        if sink.send(Message::Text(t.into())).await.is_err() {
+                        let sent = tokio::select! {
+                            r = sink.send(Message::Text(t.into())) => r.is_ok(),
+                            _ = outbox.close_grace_over() => false,
+                        };
+                        if !sent {
                             break;
                         }
                         outbox.written(n);
                     }
                     Some(Outgoing::Close(code, reason)) => {
-                        let _ = sink
-                            .send(Message::Close(Some(CloseFrame {
-                                code,
-                                reason: reason.into(),
-                            })))
-                            .await;
+                        let frame = Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        }));
+                        tokio::select! {
+                            _ = sink.send(frame) => {}
+                            _ = outbox.close_grace_over() => {}
+                        }
                         break;
                     }
                     None => break,
