@@ -209,3 +209,48 @@ async fn sighup_adds_and_removes_agents_without_touching_the_others() {
     w.wait_healthz("the error cleared", |h| h["reloadError"].is_null())
         .await;
 }
+
+#[tokio::test]
+async fn sighup_rereads_the_env_file() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let env_file = dir.path().join("gateway.env");
+    let write_env = |name: &str| {
+        worker::atomic::write_file(&env_file, format!("MEMBER_NAME={name}\n").as_bytes(), 0o600)
+            .unwrap()
+    };
+    write_env("Alice");
+    let mut cfg = basic_config(TOKEN, &fake);
+    cfg["agents"]["list"] = json!([{"id": "main", "name": "${MEMBER_NAME}"}]);
+    write_config(&state, &cfg);
+    let w = Worker::start(
+        &state,
+        WorkerOpts {
+            env_file: Some(env_file.clone()),
+            ..WorkerOpts::default()
+        },
+    );
+    let mut op = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    let name = |v: &Value| v["agents"][0]["name"].clone();
+    assert_eq!(name(&op.call_ok("agents.list", json!({})).await), "Alice");
+
+    // Same clawdbot.json, new env file: the reload applies it (same configHash, one more reload).
+    write_env("Alicia");
+    w.reload();
+    w.wait_healthz("the second reload", |h| h["reloads"] == 1)
+        .await;
+    assert_eq!(name(&op.call_ok("agents.list", json!({})).await), "Alicia");
+
+    // An env file that no longer defines the variable: refused, the old value stays.
+    worker::atomic::write_file(&env_file, b"OTHER=1\n", 0o600).unwrap();
+    w.reload();
+    let h = w
+        .wait_healthz("a reload error", |h| !h["reloadError"].is_null())
+        .await;
+    assert!(
+        h["reloadError"].as_str().unwrap().contains("MEMBER_NAME"),
+        "{h}"
+    );
+    assert_eq!(name(&op.call_ok("agents.list", json!({})).await), "Alicia");
+}
