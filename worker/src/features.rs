@@ -289,13 +289,27 @@ pub fn start(gw: &Arc<Gateway>) {
     gw.tasks.spawn(svc.run(stop));
 }
 
-/// The agent a job runs as: its `agentId` when known, else the default agent.
+/// The agent a job runs as: its `agentId` when configured, else the default agent. With an explicit
+/// `agents.list` (a multi-agent shard) a job naming an agent that is not listed (a member removed by a reload) does
+/// not run at all: falling back would run it as another member. A single implicit agent (a dedicated worker, whose
+/// jobs name the member) takes every job.
 fn job_agent(gw: &Gateway, job: &Job) -> Option<AgentConfig> {
-    job.agent_id
-        .as_deref()
-        .and_then(|a| AgentId::parse(a).ok())
-        .and_then(|a| gw.agent(&a))
-        .or_else(|| gw.agent(&gw.cfg().default_agent))
+    let cfg = gw.cfg();
+    let named = job.agent_id.as_deref();
+    if let Some(a) = named.and_then(|a| AgentId::parse(a).ok())
+        && let Some(agent) = cfg.agent(&a)
+    {
+        return Some(agent.clone());
+    }
+    let explicit_list = cfg
+        .parsed
+        .pointer("/agents/list")
+        .and_then(Value::as_array)
+        .is_some_and(|l| !l.is_empty());
+    if named.is_some() && explicit_list {
+        return None;
+    }
+    cfg.agent(&cfg.default_agent).cloned()
 }
 
 async fn execute_job(weak: Weak<Gateway>, job: Job) -> cron::RunOutcome {
@@ -384,5 +398,46 @@ async fn turn(
         }
         Some(o) => cron::RunOutcome::error(o.error.unwrap_or_else(|| format!("run {}", o.status))),
         None => cron::RunOutcome::error("run timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+    use tokio_util::sync::CancellationToken;
+
+    fn gateway(v: Value) -> Arc<Gateway> {
+        let cfg = Config::from_value(
+            "/s/clawdbot.json".into(),
+            std::path::Path::new("/s"),
+            None,
+            v,
+            Env::default(),
+        )
+        .unwrap();
+        Gateway::new(cfg, CancellationToken::new()).unwrap()
+    }
+
+    fn job(agent: Option<&str>) -> Job {
+        let mut j = json!({"id": "j", "name": "j", "enabled": true, "createdAtMs": 0, "updatedAtMs": 0,
+            "schedule": {"kind": "every", "everyMs": 60000}, "sessionTarget": "main", "wakeMode": "next-heartbeat",
+            "payload": {"kind": "systemEvent", "text": "t"}});
+        if let Some(a) = agent {
+            j["agentId"] = json!(a);
+        }
+        serde_json::from_value(j).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_of_a_removed_shard_member_runs_as_nobody() {
+        let shard = gateway(json!({"agents": {"list": [{"id": "a"}, {"id": "c"}]}}));
+        let id = |g: &Gateway, j: &Job| job_agent(g, j).map(|a| a.id.to_string());
+        assert_eq!(id(&shard, &job(Some("c"))).as_deref(), Some("c"));
+        assert_eq!(id(&shard, &job(Some("b"))), None);
+        assert_eq!(id(&shard, &job(None)).as_deref(), Some("a"));
+        // A dedicated worker (no agents.list) runs its member's jobs as `main`.
+        let dedicated = gateway(json!({}));
+        assert_eq!(id(&dedicated, &job(Some("alice"))).as_deref(), Some("main"));
     }
 }
