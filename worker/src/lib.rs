@@ -49,6 +49,8 @@ const HTTP_GRACE: Duration = Duration::from_secs(10);
 /// closes their sockets, lets runs finish for a grace period (then aborts them) and returns.
 pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<(), Error> {
     features::start(&gw);
+    // Clawdbot runs the heartbeat even with cron off, so it is started on its own.
+    cron::heartbeat::start(&gw);
     let ticker = gw.tasks.spawn(ticks(Arc::clone(&gw)));
     let flusher = gw.tasks.spawn(flush_sessions(Arc::clone(&gw)));
     let app = http::router(Arc::clone(&gw)).into_make_service_with_connect_info::<SocketAddr>();
