@@ -402,6 +402,9 @@ pub async fn forget(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
     let Some(manager) = app.workers.clone() else {
         return Ok(());
     };
+    // Route first, then stop: a request arriving while the worker drains gets 503 + Retry-After (its wake finds no
+    // worker to start), never a 502 from a closing listener.
+    crate::routes::set_upstream(app, user, UpstreamState::Stopped);
     match manager.remove(user).await {
         Ok(()) | Err(lifecycle::Error::UnknownUser { .. }) => {}
         Err(e) => return Err(unavailable(user, lifecycle_chain(&e))),

@@ -2,7 +2,7 @@
 //! cancellation/tracking handles every task hangs off. The applied config is a snapshot replaced whole on reload
 //! (`reload.rs`); readers take it once per request with [`Gateway::cfg`].
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ pub struct ReloadStatus {
 #[derive(Debug)]
 pub struct Gateway {
     /// The applied config. Written only by a reload; see [`Gateway::cfg`].
-    cfg: RwLock<Arc<Config>>,
+    cfg: arc_swap::ArcSwap<Config>,
     /// What the last reload said (error, keys that need a restart).
     pub reload_status: Mutex<ReloadStatus>,
     pub sessions: SessionStore,
@@ -60,7 +60,7 @@ impl Gateway {
         let features = crate::features::Features::new(&cfg.parsed);
         Ok(Arc::new(Gateway {
             features,
-            cfg: RwLock::new(Arc::new(cfg)),
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             reload_status: Mutex::new(ReloadStatus::default()),
             sessions: SessionStore::default(),
             router: ModelRouter::new()?,
@@ -74,16 +74,14 @@ impl Gateway {
     }
 
     /// The config currently applied. A reload replaces the snapshot whole, so one request sees one consistent
-    /// config: take it once and borrow from it. Cheap: the read lock is held only to clone the `Arc` (writers are
-    /// SIGHUP reloads, never contended in practice).
+    /// config: take it once and borrow from it. Lock-free (an `ArcSwap` load).
     pub fn cfg(&self) -> Arc<Config> {
-        Arc::clone(&self.cfg.read().unwrap_or_else(|p| p.into_inner()))
+        self.cfg.load_full()
     }
 
     /// Replaces the applied config (reload only).
     pub(crate) fn swap_cfg(&self, new: Arc<Config>) -> Arc<Config> {
-        let mut g = self.cfg.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *g, new)
+        self.cfg.swap(new)
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
