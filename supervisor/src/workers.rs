@@ -345,10 +345,7 @@ pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
         + Duration::from_secs(5);
     manager.register(spec).await;
     // A running worker keeps its cron store in memory: new default jobs need a restart to be read.
-    let already_running = manager
-        .status(&row.id)
-        .await
-        .is_ok_and(|r| r.pid.is_some());
+    let already_running = manager.status(&row.id).await.is_ok_and(|r| r.pid.is_some());
     let start = async {
         if jobs_changed && already_running {
             manager.restart(&row.id).await
