@@ -460,6 +460,19 @@ async fn status(State(app): State<AppState>) -> Result<Json<Value>, Error> {
         Tenancy::PerTenantUids(_) => "per-tenant-uids",
         Tenancy::CallerOwned => "caller-owned",
     };
+    // Webhook operations whose last attempt failed (retried with back-off), when the receiver is configured.
+    let reconcile = match app.webhooks.as_ref().map(|w| w.store().clone()) {
+        Some(store) => {
+            let (failed, recent) = blocking(move || {
+                store
+                    .failed_operations(5)
+                    .map_err(|source| Error::Webhook { source })
+            })
+            .await?;
+            json!({ "failed": failed, "recent_failures": recent })
+        }
+        None => Value::Null,
+    };
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -471,6 +484,7 @@ async fn status(State(app): State<AppState>) -> Result<Json<Value>, Error> {
         "users": counts,
         "workers": workers,
         "proxy": app.config.proxy.listen,
+        "reconcile": reconcile,
     })))
 }
 

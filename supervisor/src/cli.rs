@@ -705,6 +705,25 @@ async fn status(socket: &Path, json: bool) -> Result<(), Failure> {
     } else {
         println!("workers:      {total} ({})", by_state.join(", "));
     }
+    if let Some(reconcile) = status["reconcile"].as_object() {
+        println!(
+            "webhook ops:  {} failed (retried with back-off)",
+            text(&reconcile["failed"])
+        );
+        for op in reconcile["recent_failures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "  {} {} after {} attempt(s): {}",
+                text(&op["user_id"]),
+                text(&op["id"]),
+                text(&op["attempts"]),
+                op["last_error"].as_str().unwrap_or("-")
+            );
+        }
+    }
     Ok(())
 }
 

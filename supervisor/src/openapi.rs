@@ -3,6 +3,21 @@
 
 use serde_json::{Value, json};
 
+/// `Status.reconcile`: webhook operations whose last attempt failed (its own function: one `json!` would be too deep).
+fn reconcile_status() -> Value {
+    let failure = json!({ "type": "object", "properties": {
+        "id": { "type": "string" }, "user_id": { "type": "string" }, "attempts": { "type": "integer" },
+        "last_error": { "type": ["string", "null"] }, "updated_at": { "type": "integer", "description": "Unix seconds" } } });
+    json!({
+        "type": ["object", "null"],
+        "description": "Webhook operations whose last attempt failed, retried with back-off (null without webhooks)",
+        "properties": {
+            "failed": { "type": "integer" },
+            "recent_failures": { "type": "array", "items": failure }
+        }
+    })
+}
+
 fn problem_responses(codes: &[&str]) -> Value {
     let mut map = serde_json::Map::new();
     for code in codes {
@@ -299,6 +314,7 @@ pub fn document() -> Value {
                     "data_dir": { "type": "string" }, "runtime_dir": { "type": "string" }, "admin_socket": { "type": "string" },
                     "workers": { "type": "object", "description": "Supervised workers by state", "additionalProperties": { "type": "integer" } },
                     "proxy": { "type": "string", "description": "Configured edge proxy listen address" },
+                    "reconcile": reconcile_status(),
                     "users": { "type": "object", "properties": {
                         "total": { "type": "integer" }, "shared": { "type": "integer" }, "dedicated": { "type": "integer" } } }
                 }

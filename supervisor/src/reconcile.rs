@@ -3,9 +3,14 @@
 //! change tier, suspend (stop the worker, unbind), delete (stop, archive, tombstone). Each operation is marked done or
 //! failed in the webhook store. Requests are applied one at a time, in arrival order (so one per member in flight).
 //!
-//! Not done here yet: retries with back-off of failed operations. Drift repair (`wirebot reconcile`) is `drift.rs`.
+//! A failed operation is retried with back-off (1 s doubling to 5 min, ±20 % jitter, at most [`MAX_ATTEMPTS`]); a newer
+//! desired state for the member supersedes it, and a daemon restart re-drives it (attempts are persisted). Failed
+//! operations show in `wirebot status`. Drift repair (`wirebot reconcile`) is `drift.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use provisioning::Tier;
 use tokio::sync::mpsc;
@@ -28,8 +33,36 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(Error::Join)?
 }
 
-/// Runs until shutdown: pending operations first, then every new request.
+/// Attempts per operation before it stays `failed` (until the member's next desired state or a daemon restart).
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// Delay before attempt `attempt + 1`: 1 s doubling, capped at 5 min, with ±20 % jitter so that many members failing
+/// together (a full disk, say) do not retry in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base_ms = 1000u64
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .min(300_000);
+    Duration::from_millis(base_ms).mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done,
+    /// Superseded by a newer desired state, or already finished: nothing to retry.
+    Skipped,
+    Failed,
+}
+
+/// A failed operation waiting for its next attempt.
+struct Retry {
+    due: Instant,
+    attempt: u32,
+    request: ReconcileRequest,
+}
+
+/// Runs until shutdown: pending operations first, then every new request and every due retry.
 pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<ReconcileRequest>) {
+    let mut retries: Vec<Retry> = Vec::new();
     let pending = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.pending_operations()).await
@@ -37,25 +70,68 @@ pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<Reconc
     match pending {
         Ok(Ok(ops)) => {
             for op in ops {
-                apply(&app, &store, op).await;
+                attempt(&app, &store, op, 1, &mut retries).await;
             }
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read pending webhook operations"),
         Err(e) => tracing::error!(error = %e, "reading pending webhook operations panicked"),
     }
     loop {
-        let request = tokio::select! {
-            r = rx.recv() => r,
-            _ = app.shutdown.cancelled() => return,
+        let next_due = retries.iter().map(|r| r.due).min();
+        let sleep = async {
+            match next_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
         };
-        match request {
-            Some(request) => apply(&app, &store, request).await,
-            None => return,
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(request) => {
+                    // A newer desired state for the member replaces its waiting retry.
+                    retries.retain(|w| w.request.user_id != request.user_id);
+                    attempt(&app, &store, request, 1, &mut retries).await;
+                }
+                None => return,
+            },
+            () = sleep => {
+                let now = Instant::now();
+                let (due, waiting): (Vec<Retry>, Vec<Retry>) = retries.drain(..).partition(|w| w.due <= now);
+                retries = waiting;
+                for w in due {
+                    attempt(&app, &store, w.request, w.attempt, &mut retries).await;
+                }
+            }
+            _ = app.shutdown.cancelled() => return,
         }
     }
 }
 
-async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) {
+/// One attempt; schedules the next one when it failed and attempts remain.
+async fn attempt(
+    app: &Arc<App>,
+    store: &Arc<Store>,
+    request: ReconcileRequest,
+    number: u32,
+    retries: &mut Vec<Retry>,
+) {
+    if let Attempt::Failed = apply(app, store, request.clone()).await {
+        if number < MAX_ATTEMPTS {
+            let delay = backoff(number);
+            tracing::info!(user_id = %request.user_id, attempt = number, retry_in = ?delay,
+                "webhook operation failed; retrying");
+            retries.push(Retry {
+                due: Instant::now() + delay,
+                attempt: number + 1,
+                request,
+            });
+        } else {
+            tracing::error!(user_id = %request.user_id, attempts = number,
+                "webhook operation failed for good; the member's next change or a restart retries it");
+        }
+    }
+}
+
+async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) -> Attempt {
     let id = request.operation_id;
     let started = {
         let store = store.clone();
@@ -63,20 +139,21 @@ async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) {
     };
     match started {
         Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return, // superseded or already finished
+        Ok(Ok(false)) => return Attempt::Skipped, // superseded or already finished
         Ok(Err(e)) => {
             tracing::error!(user_id = %request.user_id, error = %e, "cannot start a webhook operation");
-            return;
+            return Attempt::Failed;
         }
         Err(e) => {
             tracing::error!(error = %e, "starting a webhook operation panicked");
-            return;
+            return Attempt::Failed;
         }
     }
     let result = converge(app, store, &request).await;
     if let Err(e) = &result {
         tracing::warn!(user_id = %request.user_id, error = %e.chain(), "webhook operation failed");
     }
+    let failed = result.is_err();
     let outcome = result.map_err(|e| e.chain());
     let store = store.clone();
     let finished = tokio::task::spawn_blocking(move || {
@@ -89,6 +166,11 @@ async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) {
     .await;
     if !matches!(finished, Ok(Ok(()))) {
         tracing::error!(user_id = %request.user_id, "cannot record the outcome of a webhook operation");
+    }
+    if failed {
+        Attempt::Failed
+    } else {
+        Attempt::Done
     }
 }
 
@@ -200,4 +282,27 @@ async fn converge(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes_with_jitter() {
+        for (attempt, base) in [
+            (1, 1_000u64),
+            (2, 2_000),
+            (3, 4_000),
+            (9, 256_000),
+            (10, 300_000),
+            (40, 300_000),
+        ] {
+            let d = u64::try_from(backoff(attempt).as_millis()).unwrap();
+            assert!(
+                d >= base * 8 / 10 && d <= base * 12 / 10,
+                "attempt {attempt}: {d} ms vs {base}"
+            );
+        }
+    }
 }

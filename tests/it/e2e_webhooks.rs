@@ -203,3 +203,63 @@ fn a_signed_member_created_provisions_a_served_member_and_delete_archives_it() {
         .unwrap();
     assert_eq!(tombstones, 1);
 }
+
+#[test]
+fn a_failed_operation_is_retried_with_back_off_and_shown_in_status_until_it_succeeds() {
+    let dir = state_root();
+    let secrets = dir.path().join("webhook-secrets.toml");
+    write_secrets(&secrets);
+    let sup = Supervisor::start_with(
+        dir.path(),
+        Options::default().set(
+            "webhooks.secrets_file",
+            &format!("{:?}", secrets.display().to_string()),
+        ),
+    );
+    // A real provisioning failure: a regular file where the member's runtime dir must go.
+    let users_run = sup.runtime_dir().join("users");
+    std::fs::create_dir_all(&users_run).unwrap();
+    let planted = users_run.join("wp42");
+    std::fs::File::create(&planted).unwrap();
+
+    assert_eq!(
+        deliver(&sup, 1, "member.created", 1, "active", "shared"),
+        202
+    );
+    eventually("status shows the failed operation", || {
+        let status = sup.cli(["status"]).ok().stdout.clone();
+        status.contains("webhook ops:  1 failed") && status.contains("wp42")
+    });
+    let json = sup.api("GET", "/v1/status", None).ok_json();
+    let failure = &json["reconcile"]["recent_failures"][0];
+    assert_eq!(failure["user_id"], "wp42", "{json}");
+    assert!(
+        failure["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("must be a directory"),
+        "{failure}"
+    );
+    assert!(
+        sup.registry_users().is_empty(),
+        "the failed create left no row"
+    );
+    let attempts_then = failure["attempts"].as_i64().unwrap();
+
+    // The cause goes away; the next retry (back-off 1 s, 2 s, …) converges without a new delivery.
+    std::fs::remove_file(&planted).unwrap();
+    eventually("the retry provisions the member", || {
+        sup.registry_users() == vec![("wp42".to_owned(), "shared".to_owned())]
+    });
+    eventually("the operation is done", || operations_done(&sup, 1));
+    let attempts: i64 = sup
+        .registry()
+        .query_row("SELECT attempts FROM webhook_operations", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        attempts > attempts_then.max(1) - 1 && attempts >= 2,
+        "{attempts}"
+    );
+    let status = sup.cli(["status"]).ok().stdout.clone();
+    assert!(status.contains("webhook ops:  0 failed"), "{status}");
+}

@@ -49,6 +49,11 @@ struct Inner {
 }
 
 impl WebhookState {
+    /// The durable store (dedup, desired states, operations), e.g. for `wirebot status`.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
     /// `reconcile` is the daemon's reconciler queue; `shutdown` turns new deliveries into 503 + `Retry-After`.
     pub fn new(
         store: Arc<Store>,

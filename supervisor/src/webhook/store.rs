@@ -92,6 +92,17 @@ pub struct ReconcileRequest {
     pub desired: DesiredState,
 }
 
+/// An operation whose last attempt failed (`wirebot status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedOperation {
+    pub id: String,
+    pub user_id: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix seconds of the last attempt.
+    pub updated_at: i64,
+}
+
 /// A verified, validated delivery ready for steps 5–8.
 #[derive(Debug)]
 pub struct Delivery<'a> {
@@ -323,6 +334,41 @@ impl Store {
             )
             .map_err(Error::store("finish operation"))?;
             Ok(())
+        })
+    }
+
+    /// How many operations failed their last attempt (being retried, or given up until the member's next desired
+    /// state), and the newest `limit` of them: what `wirebot status` shows.
+    pub fn failed_operations(&self, limit: u32) -> Result<(u64, Vec<FailedOperation>), Error> {
+        self.with_tx(|tx| {
+            let total: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM webhook_operations WHERE state = 'failed'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(Error::store("count failed operations"))?;
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, user_id, attempts, last_error, updated_at FROM webhook_operations
+                     WHERE state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT ?1",
+                )
+                .map_err(Error::store("list failed operations"))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(FailedOperation {
+                        id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        attempts: r.get(2)?,
+                        last_error: r.get(3)?,
+                        updated_at: r.get(4)?,
+                    })
+                })
+                .map_err(Error::store("list failed operations"))?;
+            let recent = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::store("list failed operations"))?;
+            Ok((u64::try_from(total).unwrap_or(0), recent))
         })
     }
 
