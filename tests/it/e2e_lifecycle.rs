@@ -570,3 +570,91 @@ async fn user_schedule_writes_the_standup_and_reflection_jobs_the_worker_then_li
     let jobs = cron_list().await;
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
 }
+
+#[test]
+fn kill_9_of_the_daemon_under_traffic_keeps_workers_serving_and_the_next_daemon_adopts_them_all() {
+    tests::require_root!();
+    let dir = state_root();
+    let mut sup = Supervisor::start(dir.path());
+    for id in ["ka", "kb", "kc"] {
+        add_dedicated(&sup, id);
+    }
+    sup.cli(["user", "add", "ks", "--tier", "shared"]).ok();
+    let before: Vec<(String, i64, u64)> = ["ka", "kb", "kc", "wb-shard-0"]
+        .iter()
+        .map(|id| {
+            let w = worker_of(&sup, id).unwrap();
+            (
+                id.to_string(),
+                w["pid"].as_i64().unwrap(),
+                w["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Members' traffic straight to their workers' ports keeps flowing while the daemon dies and comes back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = before
+        .iter()
+        .map(|(id, _, port)| {
+            let (id, port, stop) = (id.clone(), *port, stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::<String>::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let addr =
+                        std::net::SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()));
+                    match std::net::TcpStream::connect(addr) {
+                        Ok(s) => {
+                            let r =
+                                tests::supervisor::http_exchange(s, "GET", "/healthz", &[], b"");
+                            if r.status == 200 {
+                                ok += 1
+                            } else {
+                                failed.push(format!("status {}", r.status))
+                            }
+                        }
+                        Err(e) => failed.push(format!("connect: {e}")),
+                    }
+                }
+                (id, ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // traffic before the kill
+    sup.kill9();
+    let sup2 = Supervisor::start_with(dir.path(), Options::default());
+    std::thread::sleep(std::time::Duration::from_millis(200)); // traffic after the adoption
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in traffic {
+        let (id, ok, failed) = t.join().unwrap();
+        assert!(ok > 10, "{id}: only {ok} requests");
+        assert!(
+            failed.is_empty(),
+            "{id}: failures {failed:?} while the daemon was replaced"
+        );
+    }
+    for (id, pid, _) in &before {
+        let w = worker_of(&sup2, id).unwrap();
+        assert_eq!(
+            w["pid"].as_i64(),
+            Some(*pid),
+            "{id} re-adopted, not restarted: {w}"
+        );
+        assert_eq!(w["restarts"], 0, "{id}");
+        let uid = status_field(*pid, "Uid")
+            .split('\t')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            workers_of_uid(dir.path(), uid).len(),
+            1,
+            "{id}: exactly one worker"
+        );
+    }
+    assert_eq!(
+        sup2.cli(["reconcile", "--dry-run"]).ok().stdout.trim(),
+        "no drift",
+        "no orphan, nothing missing"
+    );
+}
