@@ -68,6 +68,8 @@ pub fn routes() -> Vec<Route> {
         ),
         route(Method::GET, "/v1/workers/{id}/logs", get(worker_logs)),
         route(Method::POST, "/v1/reconcile", post(reconcile)),
+        route(Method::GET, "/v1/operations", get(list_operations)),
+        route(Method::GET, "/v1/operations/{id}", get(show_operation)),
         route(Method::GET, "/metrics", get(metrics)),
     ]
 }
@@ -880,6 +882,80 @@ async fn reconcile(
 }
 
 /// `GET /v1/events?user=<id>&after=<event id>&limit=<n>`: the audit log, oldest first, `id > after`.
+/// Most operations one listing returns.
+pub const OPERATIONS_MAX_LIMIT: u32 = 1000;
+
+/// `GET /v1/operations?user=&limit=`: the newest webhook reconcile operations (empty without a webhook receiver).
+async fn list_operations(
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+) -> Result<Json<Vec<crate::webhook::Operation>>, Error> {
+    let query =
+        axum::extract::Query::<std::collections::BTreeMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| Error::Malformed {
+                detail: format!("bad query string: {}", e.body_text()),
+            })?
+            .0;
+    let bad = |detail: String| Error::Malformed { detail };
+    let mut user = None;
+    let mut limit = 50u32;
+    for (key, value) in &query {
+        match key.as_str() {
+            "user" => user = Some(value.parse::<UserId>().map_err(|e| bad(e.to_string()))?),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=OPERATIONS_MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limit={value:?} is not between 1 and {OPERATIONS_MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?} (allowed: user, limit)"
+                )));
+            }
+        }
+    }
+    let Some(store) = app.webhooks.as_ref().map(|w| w.store().clone()) else {
+        return Ok(Json(Vec::new()));
+    };
+    let operations = blocking(move || {
+        store
+            .operations(user.as_ref(), limit)
+            .map_err(|source| Error::Webhook { source })
+    })
+    .await?;
+    Ok(Json(operations))
+}
+
+/// `GET /v1/operations/{id}`: one reconcile operation (the id a webhook's 202 answered with).
+async fn show_operation(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<crate::webhook::Operation>, Error> {
+    let id = raw
+        .parse::<crate::webhook::OperationId>()
+        .map_err(|e| Error::Malformed {
+            detail: format!("{raw:?} is not an operation id (a UUID): {e}"),
+        })?;
+    let not_found = move || Error::OperationNotFound { id: id.to_string() };
+    let Some(store) = app.webhooks.as_ref().map(|w| w.store().clone()) else {
+        return Err(not_found());
+    };
+    blocking(move || {
+        store
+            .operation(id)
+            .map_err(|source| Error::Webhook { source })?
+            .ok_or_else(not_found)
+    })
+    .await
+    .map(Json)
+}
+
 async fn list_events(
     State(app): State<AppState>,
     uri: axum::http::Uri,

@@ -87,6 +87,9 @@ pub enum Command {
     /// List, start, stop and restart dedicated members' workers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Webhook reconcile operations: what each delivery asked for and how far it got.
+    #[command(subcommand, visible_alias = "operation")]
+    Op(OpCommand),
     /// Print a worker's log (`<data_dir>/logs/<id>.log`).
     Logs {
         #[arg(allow_hyphen_values = true)]
@@ -183,6 +186,28 @@ pub enum UserCommand {
         /// Required: the current token is never shown again, only replaced.
         #[arg(long, required = true)]
         rotate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpCommand {
+    /// The newest operations, newest first: state, attempts, last error.
+    List {
+        /// Only this user's operations.
+        #[arg(long, allow_hyphen_values = true)]
+        user: Option<String>,
+        /// How many to show (1–1000).
+        #[arg(short = 'n', long = "limit", default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One operation, by the id a webhook's 202 answer carried.
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -286,6 +311,7 @@ pub fn run_client(cli: &Cli) -> ExitCode {
         }
         Command::User(command) => user(cli, command),
         Command::Worker(command) => worker(cli, command),
+        Command::Op(command) => op(cli, command),
         Command::Logs { id, follow, lines } => parse_id(id).and_then(|id| {
             with_daemon(cli, async |socket| logs(socket, &id, *follow, *lines).await)
         }),
@@ -783,6 +809,100 @@ async fn events(
 }
 
 /// A JSON scalar for a table cell: strings bare, null as `-`.
+fn op(cli: &Cli, command: &OpCommand) -> Result<(), Failure> {
+    match command {
+        OpCommand::List { user, limit, json } => {
+            let user = user.as_deref().map(parse_id).transpose()?;
+            if !(1..=crate::admin::OPERATIONS_MAX_LIMIT).contains(limit) {
+                return Err(fail(
+                    Exit::Usage,
+                    format!(
+                        "--limit {limit} is not between 1 and {}",
+                        crate::admin::OPERATIONS_MAX_LIMIT
+                    ),
+                ));
+            }
+            with_daemon(cli, async |socket| {
+                let mut path = format!("/v1/operations?limit={limit}");
+                if let Some(user) = &user {
+                    path.push_str(&format!("&user={user}"));
+                }
+                let ops = call(socket, Method::GET, &path, None).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&ops).unwrap_or_default());
+                    return Ok(());
+                }
+                let ops = ops.as_array().cloned().unwrap_or_default();
+                if ops.is_empty() {
+                    println!("no operations");
+                    return Ok(());
+                }
+                println!(
+                    "{:<36} {:<20} {:<20} {:<10} {:>8}  LAST ERROR",
+                    "ID", "USER", "WANTS", "STATE", "ATTEMPTS"
+                );
+                for o in &ops {
+                    println!(
+                        "{:<36} {:<20} {:<20} {:<10} {:>8}  {}",
+                        text(&o["id"]),
+                        text(&o["user_id"]),
+                        format!("{} {}", text(&o["status"]), text(&o["tier"])),
+                        text(&o["state"]),
+                        text(&o["attempts"]),
+                        text(&o["last_error"])
+                    );
+                }
+                Ok(())
+            })
+        }
+        OpCommand::Show { id, json } => {
+            let id = id.parse::<crate::webhook::OperationId>().map_err(|e| {
+                fail(
+                    Exit::BadInput,
+                    format!("{id:?} is not an operation id (a UUID): {e}"),
+                )
+            })?;
+            with_daemon(cli, async |socket| {
+                let o = call(socket, Method::GET, &format!("/v1/operations/{id}"), None).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&o).unwrap_or_default());
+                    return Ok(());
+                }
+                println!("operation:    {}", text(&o["id"]));
+                println!("user:         {}", text(&o["user_id"]));
+                println!("webhook id:   {}", text(&o["event_id"]));
+                println!(
+                    "desired:      {} {} (seq {})",
+                    text(&o["status"]),
+                    text(&o["tier"]),
+                    text(&o["seq"])
+                );
+                println!("state:        {}", text(&o["state"]));
+                println!("attempts:     {}", text(&o["attempts"]));
+                println!("created:      {}", unix_time(&o["created_at"]));
+                println!("updated:      {}", unix_time(&o["updated_at"]));
+                if !o["next_attempt_at"].is_null() {
+                    println!("next attempt: {}", unix_time(&o["next_attempt_at"]));
+                }
+                if !o["last_error"].is_null() {
+                    println!("last error:   {}", text(&o["last_error"]));
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC (`-` when absent).
+fn unix_time(v: &Value) -> String {
+    v.as_i64()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map_or_else(
+            || text(v),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),

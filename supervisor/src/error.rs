@@ -92,6 +92,9 @@ pub enum Error {
     #[error("the worker of {user} is not available: {reason}")]
     WorkerUnavailable { user: UserId, reason: String },
 
+    #[error("no operation {id} (operation ids come from webhook answers; see `wirebot op list`)")]
+    OperationNotFound { id: String },
+
     #[error("user {user} has no worker (shared members and unknown users have none)")]
     NoWorker { user: UserId },
 
@@ -184,6 +187,11 @@ impl Error {
                 "Worker unavailable",
             ),
             Error::NoWorker { .. } => (StatusCode::NOT_FOUND, "no-worker", "No such worker"),
+            Error::OperationNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "operation-not-found",
+                "Operation not found",
+            ),
             Error::Config(_)
             | Error::Routes { .. }
             | Error::Webhook { .. }

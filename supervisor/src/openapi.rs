@@ -18,6 +18,47 @@ fn reconcile_status() -> Value {
     })
 }
 
+/// `Operation`: one webhook reconcile operation (its own function: one `json!` would be too deep).
+fn operation_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "user_id", "event_id", "status", "tier", "seq", "state", "attempts", "created_at", "updated_at"],
+        "properties": {
+            "id": { "type": "string", "format": "uuid" }, "user_id": { "type": "string" },
+            "event_id": { "type": "string", "description": "The webhook-id of the delivery that asked for it" },
+            "status": { "type": "string", "enum": ["active", "suspended", "deleted"] },
+            "tier": { "type": "string", "enum": ["shared", "dedicated", "none"] },
+            "seq": { "type": "integer" },
+            "state": { "type": "string", "enum": ["queued", "running", "done", "failed", "superseded"] },
+            "attempts": { "type": "integer", "minimum": 0 },
+            "last_error": { "type": ["string", "null"] },
+            "next_attempt_at": { "type": ["integer", "null"], "description": "Unix seconds of the next retry of a failed operation" },
+            "created_at": { "type": "integer" }, "updated_at": { "type": "integer" }
+        }
+    })
+}
+
+/// The `/v1/operations` paths (their own function: one `json!` would be too deep).
+fn operation_paths() -> Value {
+    json!({
+            "/v1/operations": { "get": {
+                "operationId": "listOperations", "summary": "Webhook reconcile operations, newest first (empty without a webhook receiver)",
+                "parameters": [
+                    { "name": "user", "in": "query", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } }
+                ],
+                "responses": merge(ok("200", "Operations", json!({ "type": "array", "items": schema_ref("Operation") })), problem_responses(&["400", "500"]))
+            }},
+            "/v1/operations/{id}": {
+                "parameters": [{ "name": "id", "in": "path", "required": true, "description": "Operation id (UUID) from a webhook's 202 answer", "schema": { "type": "string", "format": "uuid" } }],
+                "get": {
+                    "operationId": "showOperation", "summary": "One webhook reconcile operation: state, attempts, last error, next attempt",
+                    "responses": merge(ok("200", "Operation", schema_ref("Operation")), problem_responses(&["400", "404", "500"]))
+                }
+            }
+    })
+}
+
 fn problem_responses(codes: &[&str]) -> Value {
     let mut map = serde_json::Map::new();
     for code in codes {
@@ -61,7 +102,7 @@ fn schema_ref(name: &str) -> Value {
 /// The whole document.
 pub fn document() -> Value {
     let input_errors = ["400", "413", "415", "422"];
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Wirebot admin API",
@@ -320,5 +361,12 @@ pub fn document() -> Value {
                 }
             }
         }}
-    })
+    });
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), operation_paths()) {
+        paths.extend(more);
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.insert("Operation".to_owned(), operation_schema());
+    }
+    doc
 }

@@ -4,8 +4,9 @@
 //! failed in the webhook store. Requests are applied one at a time, in arrival order (so one per member in flight).
 //!
 //! A failed operation is retried with back-off (1 s doubling to 5 min, ±20 % jitter, at most [`MAX_ATTEMPTS`]); a newer
-//! desired state for the member supersedes it, and a daemon restart re-drives it (attempts are persisted). Failed
-//! operations show in `wirebot status`. Drift repair (`wirebot reconcile`) is `drift.rs`.
+//! desired state for the member supersedes it. Attempts and the next attempt's time are persisted, so a restarted daemon
+//! keeps the schedule (one that had given up is re-driven once more). Failed operations show in `wirebot status`, each
+//! one in `wirebot op show`. Drift repair (`wirebot reconcile`) is `drift.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::daemon::App;
 use crate::error::Error;
 use crate::registry::UserStatus;
 use crate::users::{self, CreateUser, UpdateUser};
-use crate::webhook::{self, ReconcileRequest, Status, Store};
+use crate::webhook::{self, PendingOperation, ReconcileRequest, Status, Store};
 
 const ACTOR: &str = "webhook";
 
@@ -50,7 +51,8 @@ enum Attempt {
     Done,
     /// Superseded by a newer desired state, or already finished: nothing to retry.
     Skipped,
-    Failed,
+    /// Failed; retry after this delay, or never (attempts exhausted).
+    Failed(Option<Duration>),
 }
 
 /// A failed operation waiting for its next attempt.
@@ -69,8 +71,31 @@ pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<Reconc
     };
     match pending {
         Ok(Ok(ops)) => {
-            for op in ops {
-                attempt(&app, &store, op, 1, &mut retries).await;
+            let now = unix_now();
+            for PendingOperation {
+                request,
+                attempts,
+                next_attempt_at,
+            } in ops
+            {
+                match next_attempt_at {
+                    // Back-off persisted by the previous daemon: keep it.
+                    Some(at) if attempts < MAX_ATTEMPTS => retries.push(Retry {
+                        due: Instant::now()
+                            + Duration::from_secs(u64::try_from(at - now).unwrap_or(0)),
+                        attempt: attempts + 1,
+                        request,
+                    }),
+                    // Queued, interrupted mid-attempt, or given up: drive it now (a given-up one starts over).
+                    _ => {
+                        let number = if attempts >= MAX_ATTEMPTS {
+                            1
+                        } else {
+                            attempts + 1
+                        };
+                        attempt(&app, &store, request, number, &mut retries).await;
+                    }
+                }
             }
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read pending webhook operations"),
@@ -114,24 +139,29 @@ async fn attempt(
     number: u32,
     retries: &mut Vec<Retry>,
 ) {
-    if let Attempt::Failed = apply(app, store, request.clone()).await {
-        if number < MAX_ATTEMPTS {
-            let delay = backoff(number);
-            tracing::info!(user_id = %request.user_id, attempt = number, retry_in = ?delay,
-                "webhook operation failed; retrying");
-            retries.push(Retry {
-                due: Instant::now() + delay,
-                attempt: number + 1,
-                request,
-            });
-        } else {
-            tracing::error!(user_id = %request.user_id, attempts = number,
-                "webhook operation failed for good; the member's next change or a restart retries it");
+    if let Attempt::Failed(retry_in) = apply(app, store, request.clone(), number).await {
+        match retry_in {
+            Some(delay) => {
+                tracing::info!(user_id = %request.user_id, attempt = number, retry_in = ?delay,
+                    "webhook operation failed; retrying");
+                retries.push(Retry {
+                    due: Instant::now() + delay,
+                    attempt: number + 1,
+                    request,
+                });
+            }
+            None => tracing::error!(user_id = %request.user_id, attempts = number,
+                "webhook operation failed for good; the member's next change or a restart retries it"),
         }
     }
 }
 
-async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) -> Attempt {
+async fn apply(
+    app: &Arc<App>,
+    store: &Arc<Store>,
+    request: ReconcileRequest,
+    number: u32,
+) -> Attempt {
     let id = request.operation_id;
     let started = {
         let store = store.clone();
@@ -142,25 +172,33 @@ async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) ->
         Ok(Ok(false)) => return Attempt::Skipped, // superseded or already finished
         Ok(Err(e)) => {
             tracing::error!(user_id = %request.user_id, error = %e, "cannot start a webhook operation");
-            return Attempt::Failed;
+            return Attempt::Failed(Some(backoff(number)));
         }
         Err(e) => {
             tracing::error!(error = %e, "starting a webhook operation panicked");
-            return Attempt::Failed;
+            return Attempt::Failed(Some(backoff(number)));
         }
     }
     let result = converge(app, store, &request).await;
     if let Err(e) = &result {
         tracing::warn!(user_id = %request.user_id, error = %e.chain(), "webhook operation failed");
     }
+    let retry_in = match &result {
+        Err(_) if number < MAX_ATTEMPTS => Some(backoff(number)),
+        _ => None,
+    };
     let failed = result.is_err();
     let outcome = result.map_err(|e| e.chain());
     let store = store.clone();
     let finished = tokio::task::spawn_blocking(move || {
+        let now = unix_now();
+        // Rounded up, so a restarted daemon never retries earlier than this one would have.
+        let next_at = retry_in.map(|d| now + i64::try_from(d.as_secs() + 1).unwrap_or(i64::MAX));
         store.finish_operation(
             id,
             outcome.as_ref().map(|_| ()).map_err(String::as_str),
-            unix_now(),
+            next_at,
+            now,
         )
     })
     .await;
@@ -168,7 +206,7 @@ async fn apply(app: &Arc<App>, store: &Arc<Store>, request: ReconcileRequest) ->
         tracing::error!(user_id = %request.user_id, "cannot record the outcome of a webhook operation");
     }
     if failed {
-        Attempt::Failed
+        Attempt::Failed(retry_in)
     } else {
         Attempt::Done
     }

@@ -246,6 +246,36 @@ fn a_failed_operation_is_retried_with_back_off_and_shown_in_status_until_it_succ
     );
     let attempts_then = failure["attempts"].as_i64().unwrap();
 
+    // The operation itself, by id: `op list` finds it, `op show` says why it failed and when it retries.
+    let listed = sup
+        .cli(["op", "list", "--user", "wp42", "--json"])
+        .ok()
+        .json();
+    let op_id = listed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let shown = sup.cli(["op", "show", &op_id]).ok().stdout.clone();
+    assert!(shown.contains("state:        failed"), "{shown}");
+    assert!(
+        shown.contains("desired:      active shared (seq 1)"),
+        "{shown}"
+    );
+    assert!(shown.contains("must be a directory"), "{shown}");
+    assert!(shown.contains("next attempt: "), "{shown}");
+    // Bad ids are refused with the reason; an unknown one is a 404.
+    let bad = sup
+        .cli(["op", "show", "not-a-uuid"])
+        .fails_with(65)
+        .stderr
+        .clone();
+    assert!(bad.contains("is not an operation id"), "{bad}");
+    let unknown = sup
+        .cli(["op", "show", "0193a0c4-0000-7000-8000-000000000000"])
+        .fails_with(65)
+        .stderr
+        .clone();
+    assert!(unknown.contains("no operation"), "{unknown}");
+    assert_eq!(sup.api("GET", "/v1/operations/nobody", None).status, 400);
+
     // The cause goes away; the next retry (back-off 1 s, 2 s, …) converges without a new delivery.
     std::fs::remove_file(&planted).unwrap();
     eventually("the retry provisions the member", || {
@@ -262,4 +292,82 @@ fn a_failed_operation_is_retried_with_back_off_and_shown_in_status_until_it_succ
     );
     let status = sup.cli(["status"]).ok().stdout.clone();
     assert!(status.contains("webhook ops:  0 failed"), "{status}");
+    let done = sup.cli(["op", "show", &op_id, "--json"]).ok().json();
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(done["next_attempt_at"].is_null(), "{done}");
+    assert!(done["last_error"].is_null(), "{done}");
+}
+
+#[test]
+fn a_restarted_daemon_keeps_the_persisted_retry_schedule_of_a_failed_operation() {
+    let dir = state_root();
+    let secrets = dir.path().join("webhook-secrets.toml");
+    write_secrets(&secrets);
+    let mut sup = Supervisor::start_with(
+        dir.path(),
+        Options::default().set(
+            "webhooks.secrets_file",
+            &format!("{:?}", secrets.display().to_string()),
+        ),
+    );
+    let users_run = sup.runtime_dir().join("users");
+    std::fs::create_dir_all(&users_run).unwrap();
+    let planted = users_run.join("wp42");
+    std::fs::File::create(&planted).unwrap();
+    assert_eq!(
+        deliver(&sup, 1, "member.created", 1, "active", "shared"),
+        202
+    );
+    let row = |sup: &Supervisor| -> (String, i64, Option<i64>) {
+        sup.registry()
+            .query_row(
+                "SELECT state, attempts, next_attempt_at FROM webhook_operations",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    };
+    eventually(
+        "the first attempt failed with a next attempt recorded",
+        || {
+            let (state, _, next) = row(&sup);
+            state == "failed" && next.is_some()
+        },
+    );
+    sup.kill9();
+    // What a long back-off looks like on disk: the next attempt is 4 s away.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let due = now + 4;
+    rusqlite::Connection::open(sup.data_dir().join("wirebot.db"))
+        .unwrap()
+        .execute("UPDATE webhook_operations SET next_attempt_at = ?1", [due])
+        .unwrap();
+    let (_, attempts_before, _) = row(&sup);
+    std::fs::remove_file(&planted).unwrap();
+    let sup = sup.restart_after_kill();
+    // The restarted daemon waits for the persisted time instead of retrying at once.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (state, attempts, _) = row(&sup);
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("failed", attempts_before),
+        "retried before its persisted next attempt"
+    );
+    eventually("the retry at the persisted time converges", || {
+        operations_done(&sup, 1)
+    });
+    let finished_at: i64 = sup
+        .registry()
+        .query_row("SELECT updated_at FROM webhook_operations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(finished_at >= due, "done at {finished_at}, due at {due}");
+    assert_eq!(
+        sup.registry_users(),
+        vec![("wp42".to_owned(), "shared".to_owned())]
+    );
 }

@@ -441,7 +441,7 @@ async fn accepted_then_replayed_then_reused_then_stale() {
     );
     receiver
         .store
-        .finish_operation(op3.operation_id, Ok(()), now())
+        .finish_operation(op3.operation_id, Ok(()), None, now())
         .unwrap();
     let updated = member_event("member.updated", 42, 4, "active", "dedicated");
     let applied = receiver.post(&event_id(4), &updated).await;

@@ -453,6 +453,16 @@ impl Supervisor {
         }
     }
 
+    /// Starts a new daemon on the same dir and options after `kill9` (the test may change files in between).
+    pub fn restart_after_kill(mut self) -> Supervisor {
+        assert!(self.child.is_none(), "kill9 first");
+        let root = self.root.clone();
+        let mut options = self.options.clone();
+        options.set.clear(); // the config file already holds them
+        self.cleanup = false; // the new daemon re-adopts the workers
+        Supervisor::start_with(root, options)
+    }
+
     /// Stops this daemon with SIGTERM and starts a new one on the same dir with the same options.
     pub fn restart(mut self) -> Supervisor {
         let root = self.root.clone();

@@ -16,4 +16,4 @@ pub use error::Error;
 pub use payload::{DesiredState, Status, Tier};
 pub use receiver::{ReconcileRequest, WebhookState, router};
 pub use secrets::{Secret, SiteSecrets, load_secrets};
-pub use store::{MIGRATION, OperationId, Store};
+pub use store::{MIGRATION, Operation, OperationId, PendingOperation, Store};

@@ -77,6 +77,14 @@ CREATE INDEX IF NOT EXISTS webhook_operations_user ON webhook_operations(user_id
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OperationId(pub uuid::Uuid);
 
+impl std::str::FromStr for OperationId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(OperationId)
+    }
+}
+
 impl std::fmt::Display for OperationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -101,6 +109,70 @@ pub struct FailedOperation {
     pub last_error: Option<String>,
     /// Unix seconds of the last attempt.
     pub updated_at: i64,
+}
+
+/// An operation still to converge, as a restarted reconciler finds it: the request, how many attempts it already had,
+/// and when its next attempt is due (unix seconds; `None` = at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingOperation {
+    pub request: ReconcileRequest,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// One reconcile operation as `wirebot op show` and `GET /v1/operations/{id}` report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Operation {
+    pub id: String,
+    pub user_id: String,
+    /// The webhook delivery (`webhook-id`) that asked for it.
+    pub event_id: String,
+    /// The desired state it converges to.
+    pub status: String,
+    pub tier: String,
+    pub seq: i64,
+    /// `queued`, `running`, `done`, `failed` or `superseded`.
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix seconds of the next attempt of a failed operation (absent once it has given up).
+    pub next_attempt_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const OPERATION_COLUMNS: &str = "id, user_id, event_id, status, tier, seq, state, attempts, last_error, \
+     next_attempt_at, created_at, updated_at";
+
+fn operation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operation> {
+    Ok(Operation {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        event_id: r.get(2)?,
+        status: r.get(3)?,
+        tier: r.get(4)?,
+        seq: r.get(5)?,
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        last_error: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+/// Adds `webhook_operations.next_attempt_at` (the persisted retry schedule) to stores created before it existed.
+/// Checked by name, so it runs once whatever opened the file first.
+fn add_next_attempt_column(conn: &Connection) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('webhook_operations') WHERE name = 'next_attempt_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !present {
+        conn.execute_batch("ALTER TABLE webhook_operations ADD COLUMN next_attempt_at INTEGER")?;
+    }
+    Ok(())
 }
 
 /// A verified, validated delivery ready for steps 5–8.
@@ -158,6 +230,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.execute_batch(MIGRATION).map_err(open_err)?;
+        add_next_attempt_column(&conn).map_err(open_err)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -274,13 +347,14 @@ impl Store {
         })
     }
 
-    /// The newest queued, running or failed operation per user whose desired state still needs converging: what a
-    /// reconciler re-drives on start-up and on its periodic sweep (a request lost on a full channel is found here).
-    pub fn pending_operations(&self) -> Result<Vec<ReconcileRequest>, Error> {
+    /// The newest queued, running or failed operation per user whose desired state still needs converging, with its
+    /// attempts so far and its persisted next attempt: what a reconciler re-drives on start-up and on its periodic sweep
+    /// (a request lost on a full channel is found here).
+    pub fn pending_operations(&self) -> Result<Vec<PendingOperation>, Error> {
         self.with_tx(|tx| {
             let mut stmt = tx
                 .prepare(
-                    "SELECT o.id, o.user_id, d.status, d.tier FROM webhook_operations o
+                    "SELECT o.id, o.user_id, d.status, d.tier, o.attempts, o.next_attempt_at FROM webhook_operations o
                      JOIN webhook_desired d ON d.user_id = o.user_id
                      WHERE o.state IN ('queued', 'running', 'failed')
                        AND o.created_at = (SELECT MAX(created_at) FROM webhook_operations WHERE user_id = o.user_id)
@@ -288,16 +362,59 @@ impl Store {
                 )
                 .map_err(Error::store("list pending operations"))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, u32>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                })
                 .map_err(Error::store("list pending operations"))?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, user_id, status, tier) = row.map_err(Error::store("list pending operations"))?;
+                let (id, user_id, status, tier, attempts, next_attempt_at) =
+                    row.map_err(Error::store("list pending operations"))?;
                 if let Some(request) = request_from_row(&id, &user_id, &status, &tier) {
-                    out.push(request);
+                    out.push(PendingOperation { request, attempts, next_attempt_at });
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// One operation by id (`None` when unknown).
+    pub fn operation(&self, id: OperationId) -> Result<Option<Operation>, Error> {
+        self.with_tx(|tx| {
+            tx.query_row(
+                &format!("SELECT {OPERATION_COLUMNS} FROM webhook_operations WHERE id = ?1"),
+                [id.to_string()],
+                operation_from_row,
+            )
+            .optional()
+            .map_err(Error::store("read operation"))
+        })
+    }
+
+    /// The newest `limit` operations, of one user or of all, newest first.
+    pub fn operations(&self, user: Option<&UserId>, limit: u32) -> Result<Vec<Operation>, Error> {
+        self.with_tx(|tx| {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {OPERATION_COLUMNS} FROM webhook_operations
+                     WHERE ?1 IS NULL OR user_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
+                ))
+                .map_err(Error::store("list operations"))?;
+            let rows = stmt
+                .query_map(
+                    params![user.map(ToString::to_string), limit],
+                    operation_from_row,
+                )
+                .map_err(Error::store("list operations"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(Error::store("list operations"))
         })
     }
 
@@ -307,7 +424,7 @@ impl Store {
         self.with_tx(|tx| {
             let changed = tx
                 .execute(
-                    "UPDATE webhook_operations SET state = 'running', attempts = attempts + 1, updated_at = ?2
+                    "UPDATE webhook_operations SET state = 'running', attempts = attempts + 1, next_attempt_at = NULL, updated_at = ?2
                      WHERE id = ?1 AND state IN ('queued', 'failed')",
                     params![id.to_string(), now],
                 )
@@ -316,11 +433,13 @@ impl Store {
         })
     }
 
-    /// Records the outcome of an operation: `done`, or `failed` with its error (shown by `wirebot status`).
+    /// Records the outcome of an operation: `done`, or `failed` with its error (shown by `wirebot status`) and the unix
+    /// second of its next attempt (`None`: given up), persisted so a restarted daemon keeps the back-off.
     pub fn finish_operation(
         &self,
         id: OperationId,
         outcome: Result<(), &str>,
+        next_attempt_at: Option<i64>,
         now: i64,
     ) -> Result<(), Error> {
         let (state, error) = match outcome {
@@ -329,8 +448,9 @@ impl Store {
         };
         self.with_tx(|tx| {
             tx.execute(
-                "UPDATE webhook_operations SET state = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id.to_string(), state, error, now],
+                "UPDATE webhook_operations SET state = ?2, last_error = ?3, next_attempt_at = ?4, updated_at = ?5
+                 WHERE id = ?1",
+                params![id.to_string(), state, error, next_attempt_at.filter(|_| error.is_some()), now],
             )
             .map_err(Error::store("finish operation"))?;
             Ok(())
