@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 
+use crate::config::Runtime;
 use crate::daemon::{App, Tenancy};
 use crate::error::Error;
 use crate::registry::{Event, UserRow, WorkerRecord};
@@ -347,8 +348,44 @@ pub fn check_display_name(s: &str) -> Result<String, Error> {
     Ok(s.to_owned())
 }
 
+/// `runtime`: absent → `None`; `null` → `Some(None)` (the tier's); `"wirebot"`/`"clawdbot"` → `Some(Some(_))`.
+fn runtime_field(body: &Map<String, Value>) -> Result<Option<Option<Runtime>>, Error> {
+    match body.get("runtime") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => s
+            .parse::<Runtime>()
+            .map(|r| Some(Some(r)))
+            .map_err(|e| Error::invalid("/runtime", e.to_string())),
+        Some(other) => Err(Error::invalid(
+            "/runtime",
+            format!("expected a string or null, found {}", json_type(other)),
+        )),
+    }
+}
+
+/// A member may only be given a runtime this daemon can run: Clawdbot needs `[clawdbot]` and room for Node's threads.
+fn check_runtime(config: &crate::config::Config, runtime: Option<Runtime>) -> Result<(), Error> {
+    if runtime != Some(Runtime::Clawdbot) {
+        return Ok(());
+    }
+    if config.clawdbot.install_dir.is_none() || config.clawdbot.node.is_none() {
+        return Err(Error::invalid(
+            "/runtime",
+            "runtime \"clawdbot\" needs [clawdbot] install_dir (and node) in wirebot.toml",
+        ));
+    }
+    if config.tiers.dedicated.pids_max < 64 {
+        return Err(Error::invalid(
+            "/runtime",
+            "runtime \"clawdbot\" needs [tiers.dedicated] pids_max of at least 64 (V8 and libuv threads count as tasks)",
+        ));
+    }
+    Ok(())
+}
+
 fn create_request(body: &Map<String, Value>) -> Result<CreateUser, Error> {
-    reject_unknown(body, &["id", "tier", "email", "display_name"])?;
+    reject_unknown(body, &["id", "tier", "email", "display_name", "runtime"])?;
     let id = parse_id(required_str(body, "id")?)?;
     let tier = parse_tier(required_str(body, "tier")?)?;
     let email = optional_str(body, "email")?
@@ -359,16 +396,18 @@ fn create_request(body: &Map<String, Value>) -> Result<CreateUser, Error> {
         .flatten()
         .map(check_display_name)
         .transpose()?;
+    let runtime = runtime_field(body)?.flatten();
     Ok(CreateUser {
         id,
         tier,
         email,
         display_name,
+        runtime,
     })
 }
 
 fn update_request(body: &Map<String, Value>) -> Result<UpdateUser, Error> {
-    reject_unknown(body, &["tier", "email", "display_name"])?;
+    reject_unknown(body, &["tier", "email", "display_name", "runtime"])?;
     let tier = match body.get("tier") {
         None => None,
         Some(Value::String(s)) => Some(parse_tier(s)?),
@@ -385,10 +424,12 @@ fn update_request(body: &Map<String, Value>) -> Result<UpdateUser, Error> {
     let display_name = optional_str(body, "display_name")?
         .map(|v| v.map(check_display_name).transpose())
         .transpose()?;
+    let runtime = runtime_field(body)?;
     Ok(UpdateUser {
         tier,
         email,
         display_name,
+        runtime,
     })
 }
 
@@ -532,6 +573,7 @@ async fn create_user(
     JsonObject(body): JsonObject,
 ) -> Result<Response, Error> {
     let request = create_request(&body)?;
+    check_runtime(&app.config, request.runtime)?;
     let (user, token) = blocking({
         let app = app.clone();
         move || users::create(&app, &actor, request)
@@ -563,10 +605,24 @@ async fn update_user(
     JsonObject(body): JsonObject,
 ) -> Result<Json<UserView>, Error> {
     let patch = update_request(&body)?;
+    if let Some(runtime) = patch.runtime {
+        check_runtime(&app.config, runtime)?;
+    }
     // A move to the shared tier stops the dedicated worker first (the shared tier has no worker yet).
     if patch.tier == Some(Tier::Shared) {
         crate::workers::forget(&app, &id).await?;
     }
+    let runtime_before = blocking({
+        let app = app.clone();
+        let id = id.clone();
+        move || {
+            Ok(app
+                .registry
+                .user(&id)?
+                .map(|row| crate::workers::runtime_of(&app, &row)))
+        }
+    })
+    .await?;
     let user = blocking({
         let app = app.clone();
         let id = id.clone();
@@ -574,6 +630,13 @@ async fn update_user(
     })
     .await?;
     crate::routes::rebuild_logged(&app).await;
+    // Another runtime is another program: the running worker stops (503 + Retry-After meanwhile) and
+    // `ensure_ready` starts one of the new kind, never both at once.
+    let runtime_changed =
+        runtime_before.is_some_and(|r| r != crate::workers::runtime_of(&app, &user));
+    if runtime_changed && user.tier == Tier::Dedicated {
+        crate::workers::forget(&app, &user.id).await?;
+    }
     crate::workers::ensure_ready(&app, &user).await?;
     let worker = blocking({
         let app = app.clone();

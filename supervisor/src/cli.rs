@@ -139,6 +139,9 @@ pub enum UserCommand {
         email: Option<String>,
         #[arg(long)]
         display_name: Option<String>,
+        /// The member's own worker runtime, wirebot or clawdbot (default: its tier's `runtime`); used while dedicated.
+        #[arg(long)]
+        runtime: Option<String>,
     },
     /// Archive a user's state directory, then delete it and the user.
     Remove {
@@ -163,6 +166,14 @@ pub enum UserCommand {
         id: String,
         /// shared or dedicated.
         tier: String,
+    },
+    /// Choose the member's worker runtime: wirebot, clawdbot, or default (its tier's). A running dedicated worker is
+    /// replaced by one of the new kind (requests meanwhile get 503 + Retry-After).
+    Runtime {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// wirebot, clawdbot or default.
+        runtime: String,
     },
     /// Set the member's rituals: a daily standup and a weekly reflection in its time zone (an omitted flag = none).
     /// A dedicated member gets matching cron jobs at once; shared members' settings are stored for later.
@@ -280,6 +291,19 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, Failure> {
 fn parse_id(raw: &str) -> Result<UserId, Failure> {
     raw.parse::<UserId>()
         .map_err(|e| fail(Exit::BadInput, e.to_string()))
+}
+
+fn parse_runtime(raw: &str) -> Result<crate::config::Runtime, Failure> {
+    raw.parse::<crate::config::Runtime>()
+        .map_err(|e| fail(Exit::BadInput, e.to_string()))
+}
+
+/// A member's runtime as `user show` prints it: its own, or that it follows its tier.
+fn runtime_label(user: &Value) -> String {
+    match user["runtime"].as_str() {
+        Some(runtime) => runtime.to_owned(),
+        None => "the tier's runtime".to_owned(),
+    }
 }
 
 fn parse_tier(raw: &str) -> Result<Tier, Failure> {
@@ -409,10 +433,14 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
             tier,
             email,
             display_name,
+            runtime,
         } => {
             let id = parse_id(id)?;
             let tier = parse_tier(tier)?;
             let mut body = json!({ "id": id, "tier": tier });
+            if let Some(runtime) = runtime {
+                body["runtime"] = json!(parse_runtime(runtime)?);
+            }
             if let Some(email) = email {
                 body["email"] = json!(email);
             }
@@ -506,6 +534,7 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                 ] {
                     println!("{:<13} {}", format!("{label}:"), text(&user[key]));
                 }
+                println!("{:<13} {}", "runtime:", runtime_label(&user));
                 let worker = &user["worker"];
                 if worker.is_object() {
                     println!(
@@ -521,6 +550,24 @@ fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
                 } else {
                     println!("{:<13} -", "worker:");
                 }
+                Ok(())
+            })
+        }
+        UserCommand::Runtime { id, runtime } => {
+            let id = parse_id(id)?;
+            let runtime = match runtime.as_str() {
+                "default" => None,
+                other => Some(parse_runtime(other)?),
+            };
+            with_daemon(cli, async |socket| {
+                let user = call(
+                    socket,
+                    Method::PATCH,
+                    &format!("/v1/users/{id}"),
+                    Some(json!({ "runtime": runtime })),
+                )
+                .await?;
+                println!("{id} runs {}{}", runtime_label(&user), placement(&user));
                 Ok(())
             })
         }

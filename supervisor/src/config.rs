@@ -471,6 +471,38 @@ pub enum Runtime {
     Clawdbot,
 }
 
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Wirebot => "wirebot",
+            Runtime::Clawdbot => "clawdbot",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown runtime name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown runtime {0:?}, expected \"wirebot\" or \"clawdbot\"")]
+pub struct UnknownRuntime(pub String);
+
+impl std::str::FromStr for Runtime {
+    type Err = UnknownRuntime;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wirebot" => Ok(Runtime::Wirebot),
+            "clawdbot" => Ok(Runtime::Clawdbot),
+            other => Err(UnknownRuntime(other.to_owned())),
+        }
+    }
+}
+
 /// The typed, checked configuration. Immutable once built; the daemon shares it behind an `Arc`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

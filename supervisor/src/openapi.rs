@@ -250,6 +250,7 @@ pub fn document() -> Value {
                     "id": { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$" },
                     "tier": schema_ref("Tier"),
                     "email": { "type": ["string", "null"], "maxLength": 254 },
+                    "runtime": { "type": ["string", "null"], "enum": ["wirebot", "clawdbot", null], "description": "The member's own worker runtime (null: its tier's)" },
                     "display_name": { "type": ["string", "null"], "minLength": 1, "maxLength": 128 }
                 }
             },
@@ -258,7 +259,8 @@ pub fn document() -> Value {
                 "properties": {
                     "tier": schema_ref("Tier"),
                     "email": { "type": ["string", "null"], "description": "null clears" },
-                    "display_name": { "type": ["string", "null"], "description": "null clears" }
+                    "display_name": { "type": ["string", "null"], "description": "null clears" },
+                    "runtime": { "type": ["string", "null"], "enum": ["wirebot", "clawdbot", null], "description": "null: the tier's; a change replaces a running dedicated worker" }
                 }
             },
             "Schedule": {
@@ -287,6 +289,7 @@ pub fn document() -> Value {
                     "status": { "type": "string", "enum": ["provisioning", "active", "suspended"] },
                     "uid": { "type": ["integer", "null"] }, "gid": { "type": ["integer", "null"] },
                     "port": { "type": ["integer", "null"] },
+                    "runtime": { "type": ["string", "null"], "enum": ["wirebot", "clawdbot", null] },
                     "email": { "type": ["string", "null"] }, "display_name": { "type": ["string", "null"] },
                     "seq": { "type": "integer" },
                     "created_at": { "type": "string", "format": "date-time" },

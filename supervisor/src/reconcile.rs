@@ -273,6 +273,7 @@ async fn converge(
                         tier,
                         email: None,
                         display_name: None,
+                        runtime: None,
                     };
                     blocking({
                         let app = app.clone();

@@ -90,6 +90,8 @@ const MIGRATIONS: &[&str] = &[
         standup    TEXT,
         reflection TEXT
     ) STRICT;",
+    // 5: a member's own worker runtime, overriding its tier's (`NULL` = the tier's).
+    "ALTER TABLE users ADD COLUMN runtime TEXT CHECK (runtime IS NULL OR runtime IN ('wirebot', 'clawdbot'));",
 ];
 
 /// Whether a member is served. Suspension arrives with the webhooks issue.
@@ -131,6 +133,8 @@ pub struct UserRow {
     pub token_hash: String,
     /// Desired-state sequence number (last applied webhook `seq`).
     pub seq: i64,
+    /// The member's own worker runtime when it overrides its tier's (`[tiers.<tier>] runtime`); used while dedicated.
+    pub runtime: Option<crate::config::Runtime>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -143,6 +147,7 @@ pub struct NewUser {
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub token_hash: String,
+    pub runtime: Option<crate::config::Runtime>,
 }
 
 /// How a request reaches a member (used by the proxy issue).
@@ -581,7 +586,7 @@ pub struct Tx<'c> {
     tx: rusqlite::Transaction<'c>,
 }
 
-const USER_COLUMNS: &str = "id, tier, status, uid, gid, port, email, display_name, token_hash, seq, created_at, updated_at";
+const USER_COLUMNS: &str = "id, tier, status, uid, gid, port, email, display_name, token_hash, seq, created_at, updated_at, runtime";
 const WORKER_COLUMNS: &str =
     "user_id, pid, pid_start_time, cgroup, state, restarts, diagnosis_json, updated_at";
 
@@ -614,8 +619,8 @@ impl Tx<'_> {
         let ts = now();
         self.tx
             .prepare_cached(
-                "INSERT INTO users (id, tier, status, uid, gid, port, email, display_name, token_hash, seq, created_at, updated_at)
-                 VALUES (?1, ?2, 'provisioning', ?3, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)",
+                "INSERT INTO users (id, tier, status, uid, gid, port, email, display_name, token_hash, seq, created_at, updated_at, runtime)
+                 VALUES (?1, ?2, 'provisioning', ?3, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -626,7 +631,8 @@ impl Tx<'_> {
                     new.email,
                     new.display_name,
                     new.token_hash,
-                    ts
+                    ts,
+                    new.runtime.map(crate::config::Runtime::as_str)
                 ])
             })
             .map_err(db_err("insert a user"))?;
@@ -660,6 +666,30 @@ impl Tx<'_> {
             .map_err(db_err("update a user"))?;
         self.user(id)?
             .ok_or_else(|| Error::UserNotFound { user: id.clone() })
+    }
+
+    /// Sets (or, with `None`, clears) the member's own worker runtime.
+    pub fn set_runtime(
+        &self,
+        id: &UserId,
+        runtime: Option<crate::config::Runtime>,
+    ) -> Result<(), Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE users SET runtime = ?2, updated_at = ?3 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    runtime.map(crate::config::Runtime::as_str),
+                    now()
+                ],
+            )
+            .map_err(db_err("set a runtime"))?;
+        if n == 0 {
+            Err(Error::UserNotFound { user: id.clone() })
+        } else {
+            Ok(())
+        }
     }
 
     /// Stores the hash of a new gateway token.
@@ -908,6 +938,18 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         seq: r.get(9)?,
         created_at: r.get(10)?,
         updated_at: r.get(11)?,
+        runtime: r
+            .get::<_, Option<String>>(12)?
+            .map(|s| {
+                s.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        12,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -1013,6 +1055,7 @@ mod tests {
             email: None,
             display_name: None,
             token_hash: "h".into(),
+            runtime: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct CreateUser {
     pub tier: Tier,
     pub email: Option<String>,
     pub display_name: Option<String>,
+    /// The member's own worker runtime (`None` = its tier's).
+    pub runtime: Option<crate::config::Runtime>,
 }
 
 /// A checked partial update. `Some(None)` clears an optional field; `None` leaves it alone.
@@ -38,6 +40,8 @@ pub struct UpdateUser {
     pub tier: Option<Tier>,
     pub email: Option<Option<String>>,
     pub display_name: Option<Option<String>>,
+    /// `Some(None)` goes back to the tier's runtime.
+    pub runtime: Option<Option<crate::config::Runtime>>,
 }
 
 /// What a removal left behind.
@@ -129,6 +133,7 @@ fn create_steps(app: &App, req: CreateUser) -> Result<(UserRow, Secret), Error> 
         email: req.email,
         display_name: req.display_name,
         token_hash: String::new(),
+        runtime: req.runtime,
     };
     let reserved = app
         .registry
@@ -238,6 +243,14 @@ pub fn update(app: &App, actor: &str, id: &UserId, patch: UpdateUser) -> Result<
                 display_name.as_deref(),
                 app.config.ports,
             )?;
+            let row = match patch.runtime {
+                Some(runtime) => {
+                    tx.set_runtime(id, runtime)?;
+                    tx.user(id)?
+                        .ok_or_else(|| Error::UserNotFound { user: id.clone() })?
+                }
+                None => row,
+            };
             provisioning::provision(&app.layout, &spec_for(app, &row)).map_err(|source| {
                 Error::Provisioning {
                     op: "re-provision the state directory",

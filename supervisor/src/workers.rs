@@ -85,6 +85,12 @@ fn unavailable(user: &UserId, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The runtime a member's worker runs: the member's own choice, else its tier's.
+pub fn runtime_of(app: &App, row: &UserRow) -> ConfigRuntime {
+    row.runtime
+        .unwrap_or(app.config.tiers.get(row.tier).runtime)
+}
+
 /// The worker spec of a dedicated member (`None` for shared members, who have no worker of their own).
 pub fn spec_for(app: &App, row: &UserRow) -> Result<Option<WorkerSpec>, Error> {
     if row.tier != Tier::Dedicated {
@@ -97,7 +103,7 @@ pub fn spec_for(app: &App, row: &UserRow) -> Result<Option<WorkerSpec>, Error> {
         ));
     };
     let tier = app.config.tiers.get(row.tier);
-    let (runtime, start_timeout) = match tier.runtime {
+    let (runtime, start_timeout) = match runtime_of(app, row) {
         ConfigRuntime::Wirebot => (
             Runtime::Wirebot {
                 program: app.worker_program.clone(),

@@ -443,18 +443,64 @@ fn reconcile_dry_run_lists_drift_and_changes_nothing_then_repairs_it() {
     assert!(events.contains("user.orphan.archive"), "{events}");
 }
 
+#[test]
+fn a_runtime_the_daemon_cannot_run_is_refused_and_changes_nothing() {
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path()); // no [clawdbot] section
+    let events = sup.event_count();
+    let out = sup.cli([
+        "user",
+        "add",
+        "claw",
+        "--tier",
+        "dedicated",
+        "--runtime",
+        "clawdbot",
+    ]);
+    out.fails_with(65);
+    assert!(
+        out.stderr.contains("/runtime") && out.stderr.contains("[clawdbot] install_dir"),
+        "{}",
+        out.stderr
+    );
+    let out = sup.cli([
+        "user",
+        "add",
+        "claw",
+        "--tier",
+        "dedicated",
+        "--runtime",
+        "node",
+    ]);
+    out.fails_with(65);
+    assert!(
+        out.stderr.contains("unknown runtime \"node\""),
+        "{}",
+        out.stderr
+    );
+    let r = sup.api(
+        "POST",
+        "/v1/users",
+        Some(&serde_json::json!({"id": "claw", "tier": "shared", "runtime": 7})),
+    );
+    assert_eq!(r.problem(422)["pointer"], "/runtime");
+    assert!(sup.registry_users().is_empty());
+    assert_eq!(sup.event_count(), events);
+    assert!(!sup.user_dir("claw").exists());
+}
+
+/// Per-member runtime: the tiers run `wirebot-worker`, one member asks for the real Clawdbot gateway, then back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through_the_proxy() {
+async fn a_member_runs_the_real_clawdbot_reached_through_the_proxy_and_switches_back_to_wirebot() {
     tests::require_root!();
     let Some(install) = crate::lifecycle::clawdbot_dir() else {
-        eprintln!("SKIP the_daemon_runs_the_real_clawdbot…: run tests/install-clawdbot.sh first");
+        eprintln!("SKIP a_member_runs_the_real_clawdbot…: run tests/install-clawdbot.sh first");
         return;
     };
     let dir = state_root();
     let sup = Supervisor::start_with(
         dir.path(),
         Options::default()
-            .set("tiers.dedicated.runtime", "\"clawdbot\"")
             .set("tiers.dedicated.memory_max", "\"3G\"")
             .set("tiers.dedicated.pids_max", "512")
             .set("tiers.dedicated.cpu_quota_percent", "200")
@@ -467,7 +513,15 @@ async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through
     let started = std::time::Instant::now();
     let out = sup.cli_within(
         std::time::Duration::from_secs(600),
-        ["user", "add", "claw", "--tier", "dedicated"],
+        [
+            "user",
+            "add",
+            "claw",
+            "--tier",
+            "dedicated",
+            "--runtime",
+            "clawdbot",
+        ],
     );
     out.ok();
     println!(
@@ -481,6 +535,8 @@ async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through
         .unwrap()
         .trim()
         .to_owned();
+    let shown = sup.cli(["user", "show", "claw"]).ok().stdout.clone();
+    assert!(shown.contains("runtime:      clawdbot"), "{shown}");
     let w = worker_of(&sup, "claw").expect("claw's worker is supervised");
     let pid = w["pid"].as_i64().unwrap();
     let uid = std::fs::metadata(sup.user_dir("claw"))
@@ -501,18 +557,45 @@ async fn the_daemon_runs_the_real_clawdbot_as_a_dedicated_worker_reached_through
         exe.display()
     );
     // WS `health` with the member's token, through the daemon's proxy on the member's path.
-    let url = format!("ws://{}/u/claw/?token={token}", sup.addr("proxy"));
-    let mut c = tests::worker::WsClient::connect(&url, &token, None)
-        .await
-        .unwrap();
-    let health = c.call_ok("health", serde_json::json!({})).await;
-    assert_eq!(health["ok"], true, "{health}");
+    let health = || async {
+        let url = format!("ws://{}/u/claw/?token={token}", sup.addr("proxy"));
+        let mut c = tests::worker::WsClient::connect(&url, &token, None)
+            .await
+            .unwrap();
+        c.call_ok("health", serde_json::json!({})).await
+    };
+    assert_eq!(health().await["ok"], true);
     // A wrong token is refused by the proxy before Clawdbot sees it.
     let r = sup.proxy("GET", "/u/claw/", &[("authorization", "Bearer nope")]);
     assert!([401, 403].contains(&r.status), "{}", r.status);
-    drop(c);
+
+    // Back to the tier's runtime: Clawdbot stops, our worker takes the same directory, port and token.
+    let out = sup.cli_within(
+        std::time::Duration::from_secs(120),
+        ["user", "runtime", "claw", "default"],
+    );
+    out.ok();
+    assert!(out.stdout.contains("the tier's runtime"), "{}", out.stdout);
+    eventually("Clawdbot is replaced", || !alive(pid));
+    let w = worker_of(&sup, "claw").unwrap();
+    let new_pid = w["pid"].as_i64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
+    assert!(
+        exe.ends_with("wirebot-worker"),
+        "now the member runs wirebot-worker: {}",
+        exe.display()
+    );
+    assert_eq!(health().await["ok"], true);
+    let workers = sup.cli(["worker", "list", "--json"]).ok().json();
+    let claws = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["user_id"] == "claw")
+        .count();
+    assert_eq!(claws, 1, "one worker per member: {workers}");
     sup.cli(["user", "remove", "claw"]).ok();
-    eventually("Clawdbot stops with the member", || !alive(pid));
+    eventually("the worker stops with the member", || !alive(new_pid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
