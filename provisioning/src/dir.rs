@@ -238,6 +238,18 @@ impl Dir {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
+    /// Rename `from` to `to` within this directory unless something is at `to` already; returns whether it moved.
+    /// A missing `from` is not an error.
+    pub(crate) fn rename_if_free(&self, from: &str, to: &str) -> Result<bool, Error> {
+        if !self.exists(from)? || self.exists(to)? {
+            return Ok(false);
+        }
+        nix::fcntl::renameat(&self.file, from, &self.file, to)
+            .map_err(io("rename", &self.path.join(from)))?;
+        self.sync()?;
+        Ok(true)
+    }
+
     /// Open the existing subdirectory `name` (never through a symlink).
     pub(crate) fn open_dir(&self, name: &str) -> Result<Dir, Error> {
         let fd = nix::fcntl::openat(&self.file, name, dir_flags(), Mode::empty())

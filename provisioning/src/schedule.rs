@@ -306,6 +306,23 @@ pub fn write_default_jobs(
     schedule: &MemberSchedule,
     owner: Option<Owner>,
 ) -> Result<bool, Error> {
+    write_jobs(jobs_json, agent_id, schedule, owner, Store::Shared)
+}
+
+/// Whether a jobs file holds one member's jobs only (then every job in it is that member's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Shared,
+    Member,
+}
+
+fn write_jobs(
+    jobs_json: &Path,
+    agent_id: &str,
+    schedule: &MemberSchedule,
+    owner: Option<Owner>,
+    store: Store,
+) -> Result<bool, Error> {
     check_agent_id(agent_id)?;
     let name = jobs_json
         .file_name()
@@ -326,7 +343,11 @@ pub fn write_default_jobs(
         None => json!({"version": 1, "jobs": []}),
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let merged = merge(&mut file, schedule, agent_id, now_ms);
+    let (retargeted, renamed) = match store {
+        Store::Member => retarget(&mut file, agent_id, now_ms),
+        Store::Shared => (false, Vec::new()),
+    };
+    let merged = merge(&mut file, schedule, agent_id, now_ms) | retargeted;
     match old_bytes {
         Some(_) if !merged => {
             changed |= dir.fix_file(name, FILE_MODE, owner)?;
@@ -343,13 +364,25 @@ pub fn write_default_jobs(
             tracing::info!(path = %jobs_json.display(), agent_id, schedule = %schedule, "default cron jobs written");
         }
     }
+    // A renamed default job keeps its run history: `runs/<old id>.jsonl` follows it.
+    if !renamed.is_empty() && dir.exists("runs")? {
+        let runs = dir.open_dir("runs")?;
+        for (old, new) in &renamed {
+            runs.rename_if_free(&format!("{old}.jsonl"), &format!("{new}.jsonl"))?;
+        }
+    }
     Ok(changed)
 }
 
-/// [`write_default_jobs`] for a dedicated member: `<user dir>/cron/jobs.json`, agent `main`, owned by `owner`.
+/// Writes a member's default jobs into `<user dir>/cron/jobs.json`, the member's own store: the one a dedicated
+/// worker reads (agent id `main`), and on a shard the member's per-agent store (`cron.store` with `{agentId}`; agent
+/// id = the member id). As the file is the member's alone, a tier move carries it over: every job that names another
+/// agent is retargeted to `agent_id`, and the default jobs written for the other tier's agent id are renamed to this
+/// one's ids (state, `enabled` and run log kept; a duplicate is dropped). Otherwise as [`write_default_jobs`].
 pub fn write_member_jobs(
     layout: &Layout,
     user: &UserId,
+    agent_id: &str,
     schedule: &MemberSchedule,
     owner: Option<Owner>,
 ) -> Result<bool, Error> {
@@ -360,7 +393,60 @@ pub fn write_member_jobs(
             path: user_dir,
         });
     }
-    write_default_jobs(&user_dir.join("cron/jobs.json"), "main", schedule, owner)
+    write_jobs(
+        &user_dir.join("cron/jobs.json"),
+        agent_id,
+        schedule,
+        owner,
+        Store::Member,
+    )
+}
+
+/// A member store's jobs made `agent_id`'s (see [`write_member_jobs`]); returns whether anything changed and the
+/// default jobs renamed `(old id, new id)`.
+fn retarget(file: &mut Value, agent_id: &str, now_ms: i64) -> (bool, Vec<(String, String)>) {
+    let Some(jobs) = file.get_mut("jobs").and_then(Value::as_array_mut) else {
+        return (false, Vec::new());
+    };
+    let before = jobs.len();
+    let mut renamed = Vec::new();
+    for prefix in [STANDUP_ID_PREFIX, REFLECTION_ID_PREFIX] {
+        let want = format!("{prefix}{agent_id}");
+        let id_of = |j: &Value| j.get("id").and_then(Value::as_str).map(str::to_owned);
+        let mut have = jobs
+            .iter()
+            .any(|j| id_of(j).as_deref() == Some(want.as_str()));
+        jobs.retain_mut(|j| {
+            let Some(id) = id_of(j) else { return true };
+            if id == want || !id.starts_with(prefix) {
+                return true;
+            }
+            if have {
+                return false;
+            }
+            have = true;
+            if let Some(o) = j.as_object_mut() {
+                o.insert("id".into(), Value::String(want.clone()));
+            }
+            renamed.push((id, want.clone()));
+            true
+        });
+    }
+    let mut retargeted = false;
+    for job in jobs.iter_mut() {
+        let Some(o) = job.as_object_mut() else {
+            continue;
+        };
+        if o.get("agentId").is_some_and(|a| a != agent_id) {
+            o.insert("agentId".into(), Value::String(agent_id.to_owned()));
+            o.insert("updatedAtMs".into(), now_ms.into());
+            retargeted = true;
+        }
+    }
+    (
+        retargeted || jobs.len() != before || !renamed.is_empty(),
+        renamed,
+    )
 }
 
 /// The parsed store; it must be a version-1 object whose `jobs` is an array of objects.
@@ -636,6 +722,98 @@ mod tests {
                 "wirebot-daily-standup-bob",
                 "wirebot-weekly-reflection-bob"
             ]
+        );
+    }
+
+    #[test]
+    fn a_member_store_follows_its_member_across_a_tier_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("data"), dir.path().join("run"));
+        let bob: UserId = "bob".parse().unwrap();
+        let home = layout.user_dir(&bob);
+        std::fs::create_dir_all(home.join("cron/runs")).unwrap();
+        let path = home.join("cron/jobs.json");
+        let s = sched(Some("Europe/Berlin"), Some("08:30"), Some("Friday 17:00"));
+        // Dedicated: agent `main`; the member also has a job of their own and a standup run log.
+        assert!(write_member_jobs(&layout, &bob, "main", &s, None).unwrap());
+        let mut file = read(&path);
+        file["jobs"][0]["enabled"] = json!(false);
+        file["jobs"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": "own", "agentId": "main", "name": "mine"}));
+        crate::atomic::write_file(&path, &serde_json::to_vec(&file).unwrap(), 0o600).unwrap();
+        crate::atomic::write_file(
+            &home.join("cron/runs/wirebot-daily-standup-main.jsonl"),
+            b"{}\n",
+            0o600,
+        )
+        .unwrap();
+
+        // On a shard the member's agent id is its own id: same jobs, renamed, retargeted, state and log kept.
+        assert!(write_member_jobs(&layout, &bob, "bob", &s, None).unwrap());
+        let file = read(&path);
+        let ids: Vec<&str> = file["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "wirebot-daily-standup-bob",
+                "wirebot-weekly-reflection-bob",
+                "own"
+            ]
+        );
+        assert!(
+            file["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["agentId"] == "bob")
+        );
+        assert_eq!(file["jobs"][0]["enabled"], false);
+        assert!(
+            home.join("cron/runs/wirebot-daily-standup-bob.jsonl")
+                .exists()
+        );
+        assert!(
+            !home
+                .join("cron/runs/wirebot-daily-standup-main.jsonl")
+                .exists()
+        );
+        assert!(!write_member_jobs(&layout, &bob, "bob", &s, None).unwrap());
+
+        // And back; a stale duplicate of the other tier is dropped, not doubled.
+        let mut file = read(&path);
+        let mut dup = file["jobs"][1].clone();
+        dup["id"] = json!("wirebot-weekly-reflection-main");
+        file["jobs"].as_array_mut().unwrap().push(dup);
+        crate::atomic::write_file(&path, &serde_json::to_vec(&file).unwrap(), 0o600).unwrap();
+        assert!(write_member_jobs(&layout, &bob, "main", &s, None).unwrap());
+        let file = read(&path);
+        let ids: Vec<&str> = file["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "wirebot-daily-standup-main",
+                "own",
+                "wirebot-weekly-reflection-main"
+            ]
+        );
+        assert!(
+            file["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["agentId"] == "main")
         );
     }
 

@@ -663,7 +663,8 @@ async fn delete_user(
 }
 
 /// Stores the member's ritual settings and serves it again, which writes (or removes) its default standup and
-/// reflection cron jobs and restarts a running dedicated worker to read them.
+/// reflection cron jobs in its own store and makes its worker read them (a dedicated worker restarts, a shard
+/// reloads).
 async fn set_schedule(
     State(app): State<AppState>,
     Actor(actor): Actor,
@@ -686,7 +687,7 @@ async fn set_schedule(
         "timezone": schedule.timezone(),
         "standup": schedule.standup(),
         "reflection": schedule.reflection(),
-        "jobs": !schedule.is_off() && user.tier == Tier::Dedicated,
+        "jobs": !schedule.is_off(),
     })))
 }
 

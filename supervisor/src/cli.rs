@@ -176,7 +176,7 @@ pub enum UserCommand {
         runtime: String,
     },
     /// Set the member's rituals: a daily standup and a weekly reflection in its time zone (an omitted flag = none).
-    /// A dedicated member gets matching cron jobs at once; shared members' settings are stored for later.
+    /// The member gets matching cron jobs at once, in its own dir, on either tier.
     Schedule {
         #[arg(allow_hyphen_values = true)]
         id: String,

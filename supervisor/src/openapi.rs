@@ -179,7 +179,7 @@ pub fn document() -> Value {
                 "parameters": id_param(),
                 "put": {
                     "operationId": "setSchedule",
-                    "summary": "Set the member's ritual settings; a dedicated member gets matching standup/reflection cron jobs",
+                    "summary": "Set the member's ritual settings; the member gets matching standup/reflection cron jobs (either tier)",
                     "requestBody": body("Schedule"),
                     "responses": merge(
                         ok("200", "Stored and applied", schema_ref("ScheduleResult")),
@@ -278,7 +278,7 @@ pub fn document() -> Value {
                     "timezone": { "type": ["string", "null"] },
                     "standup": { "type": ["string", "null"] },
                     "reflection": { "type": ["string", "null"] },
-                    "jobs": { "type": "boolean", "description": "Default cron jobs are scheduled (dedicated members)" }
+                    "jobs": { "type": "boolean", "description": "Default cron jobs are scheduled" }
                 }
             },
             "User": {

@@ -1,7 +1,9 @@
 //! The shared tier: shared members are agents of multi-agent "shard" workers (one `wirebot-worker` per shard, at most
 //! `[shared] max_agents_per_worker` members each, all running as the shared uid). Owns shard keys, shard state dirs and
 //! their `clawdbot.json`, member placement (through the registry), live agent-list changes (rewrite the file
-//! atomically, SIGHUP, wait until the worker's `/healthz` reports the new `configHash`), and shards at daemon start.
+//! atomically, SIGHUP, wait until the worker's `/healthz` reports the new `configHash`), a member's rewritten cron
+//! jobs (SIGHUP, wait for one more applied reload; `cron.store` names each member's own `cron/jobs.json`), and shards
+//! at daemon start.
 //!
 //! Isolation inside a shard is the worker's agent scoping: the proxy checks the member's own token and talks to the
 //! shard with the shard's internal token plus `x-wirebot-agent`. The shard's config names a default agent of its own
@@ -177,6 +179,8 @@ fn render(
         },
         "update": { "checkOnStart": false },
         "session": { "store": format!("{users}/{{agentId}}/agents/main/sessions/sessions.json") },
+        // One cron store per agent, in the member's own dir: the same file its dedicated worker would use.
+        "cron": { "store": format!("{users}/{{agentId}}/cron/jobs.json") },
         "agents": {
             "defaults": {
                 "memorySearch": { "store": { "path": format!("{users}/{{agentId}}/memory/main.sqlite") } },
@@ -285,8 +289,8 @@ pub fn spec(app: &App, shard: &ShardRow) -> Option<WorkerSpec> {
     })
 }
 
-/// The `configHash` a worker's `/healthz` reports (blocking, short timeouts; `None` when unreachable).
-fn config_hash(addr: SocketAddr) -> Option<String> {
+/// A worker's `/healthz` payload (blocking, short timeouts; `None` when unreachable).
+fn healthz(addr: SocketAddr) -> Option<Value> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
@@ -294,10 +298,81 @@ fn config_hash(addr: SocketAddr) -> Option<String> {
     let mut buf = Vec::new();
     s.take(64 << 10).read_to_end(&mut buf).ok()?;
     let start = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let v: Value = serde_json::from_slice(&buf[start..]).ok()?;
-    v.get("configHash")
+    serde_json::from_slice(&buf[start..]).ok()
+}
+
+/// The `configHash` a worker's `/healthz` reports.
+fn config_hash(addr: SocketAddr) -> Option<String> {
+    healthz(addr)?
+        .get("configHash")
         .and_then(Value::as_str)
         .map(str::to_owned)
+}
+
+/// How many reloads a worker's `/healthz` says it applied.
+fn reloads(addr: SocketAddr) -> Option<u64> {
+    healthz(addr)?.get("reloads").and_then(Value::as_u64)
+}
+
+/// After a shared member's jobs file changed (its ritual settings): SIGHUP its shard and wait until the shard
+/// applied one more reload, which re-reads every agent's cron store. A no-op for a member on no shard or without
+/// workers (not root).
+pub async fn reload_member_jobs(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
+    let Some(manager) = app.workers.clone() else {
+        return Ok(());
+    };
+    let _serial = app.shard_lock.lock().await;
+    let placed = blocking({
+        let app = app.clone();
+        let user = user.clone();
+        move || {
+            Ok(app
+                .registry
+                .shard_members()?
+                .into_iter()
+                .find(|(m, _)| *m == user)
+                .map(|(_, n)| n))
+        }
+    })
+    .await?;
+    let Some(n) = placed else {
+        return Ok(());
+    };
+    let key = shard_key(n);
+    let unavailable = |reason: String| Error::WorkerUnavailable {
+        user: key.clone(),
+        reason,
+    };
+    let addr = manager
+        .ensure_running(&key)
+        .await
+        .map_err(|e| unavailable(crate::workers::lifecycle_chain(&e)))?;
+    let before = tokio::task::spawn_blocking(move || reloads(addr))
+        .await
+        .map_err(Error::Join)?
+        .ok_or_else(|| unavailable("its /healthz does not answer".to_owned()))?;
+    manager
+        .signal(&key, nix::sys::signal::Signal::SIGHUP)
+        .await
+        .map_err(|e| unavailable(crate::workers::lifecycle_chain(&e)))?;
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let now = tokio::task::spawn_blocking(move || reloads(addr))
+            .await
+            .map_err(Error::Join)?;
+        if now.is_some_and(|r| r > before) {
+            tracing::info!(user_id = %user, shard = n, "shard re-read the member's cron jobs");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(unavailable(format!(
+                "the shard did not reload within {RELOAD_TIMEOUT:?} (reloads {before} → {now:?})"
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }
 
 /// Makes the running shard apply `hash`: starts it if needed (it then reads the file as written), else SIGHUP and
@@ -549,6 +624,7 @@ mod tests {
             v["session"]["store"],
             "/d/users/{agentId}/agents/main/sessions/sessions.json"
         );
+        assert_eq!(v["cron"]["store"], "/d/users/{agentId}/cron/jobs.json");
         assert_eq!(v["gateway"]["port"], 20060);
         assert_eq!(hash_hex(&bytes).len(), 64);
     }

@@ -2,7 +2,9 @@
 //! owner (a dedicated member's own uid, or the shared uid), and session keys renamed for the new agent id (a dedicated
 //! worker calls its one agent `main`, a shard calls it by the member id), so sessions, memory and transcripts carry over.
 //!
-//! Also writes a dedicated member's default cron jobs (daily standup, weekly reflection) from its ritual settings.
+//! Also writes the member's default cron jobs (daily standup, weekly reflection) from its ritual settings into its own
+//! store `<user dir>/cron/jobs.json`, which both tiers read (a dedicated worker as its store, a shard as the member's
+//! per-agent store), retargeted to the tier's agent id so every job, its state and run log carry over.
 //!
 //! Runs while no worker writes the tree: a move to dedicated first takes the member off its shard, a move to shared
 //! first stops the dedicated worker (`workers::forget`). Symlinks are never followed: `lchown` changes the link itself.
@@ -26,9 +28,9 @@ fn agent_id(row: &UserRow) -> &str {
     }
 }
 
-/// Makes `row`'s tree fit its tier (owner, session keys, and for a dedicated member the default cron jobs of its
-/// ritual settings). Cheap when it already does. Returns whether the cron jobs changed (a running worker must restart
-/// to read them).
+/// Makes `row`'s tree fit its tier (owner, session keys, the default cron jobs of its ritual settings). Cheap when it
+/// already does. Returns whether the cron jobs changed (a running dedicated worker must restart to read them; a shard
+/// re-reads them on its next reload).
 pub async fn prepare(app: &Arc<App>, row: &UserRow) -> Result<bool, Error> {
     let app = app.clone();
     let row = row.clone();
@@ -39,19 +41,20 @@ pub async fn prepare(app: &Arc<App>, row: &UserRow) -> Result<bool, Error> {
 
 fn prepare_blocking(app: &App, row: &UserRow) -> Result<bool, Error> {
     rekey_and_chown(app, row)?;
-    if row.tier != Tier::Dedicated {
-        // A shard keeps one cron store for all its agents (`<shard>/cron/jobs.json`): shared members' rituals are
-        // recorded but not scheduled yet.
-        return Ok(false);
-    }
     let schedule = app.registry.schedule(&row.id)?;
     let owner = crate::users::owner_of(app, row);
-    let changed = provisioning::schedule::write_member_jobs(&app.layout, &row.id, &schedule, owner)
-        .map_err(|source| Error::Provisioning {
-            op: "write the member's default cron jobs",
-            user: row.id.clone(),
-            source,
-        })?;
+    let changed = provisioning::schedule::write_member_jobs(
+        &app.layout,
+        &row.id,
+        agent_id(row),
+        &schedule,
+        owner,
+    )
+    .map_err(|source| Error::Provisioning {
+        op: "write the member's default cron jobs",
+        user: row.id.clone(),
+        source,
+    })?;
     if changed {
         tracing::info!(user_id = %row.id, "default cron jobs written from the member's ritual settings");
     }

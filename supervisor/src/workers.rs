@@ -327,8 +327,13 @@ async fn audit(
 /// taken off any shard (a move from the shared tier); a shared member is placed on a shard that serves it.
 pub async fn ensure_ready(app: &Arc<App>, row: &UserRow) -> Result<(), Error> {
     if row.tier == Tier::Shared {
-        crate::tier_move::prepare(app, row).await?;
-        return crate::shared::ensure_member(app, &row.id).await;
+        let jobs_changed = crate::tier_move::prepare(app, row).await?;
+        crate::shared::ensure_member(app, &row.id).await?;
+        if jobs_changed {
+            // The shard's config did not change, only the member's jobs file: a reload makes it re-read the file.
+            crate::shared::reload_member_jobs(app, &row.id).await?;
+        }
+        return Ok(());
     }
     // A member moving from the shared tier leaves its shard first: one process writes its tree at a time.
     crate::shared::remove_member(app, &row.id).await?;

@@ -101,13 +101,14 @@ fn provisioning_installs_skills_and_schedule_jobs_idempotently() {
     write_member_jobs(
         &layout,
         &"alice".parse::<UserId>().unwrap(),
+        "main",
         &MemberSchedule::default(),
         alice_owner,
     )
     .unwrap();
     let bob_id = "bob".parse::<UserId>().unwrap();
     let bob = provision(&layout, &spec("bob", bob_owner)).unwrap();
-    assert!(write_member_jobs(&layout, &bob_id, &berlin_schedule(), bob_owner).unwrap());
+    assert!(write_member_jobs(&layout, &bob_id, "main", &berlin_schedule(), bob_owner).unwrap());
 
     assert_skills_tree(&alice.user_dir, alice_ids);
     assert_skills_tree(&bob.user_dir, bob_ids);
@@ -145,7 +146,7 @@ fn provisioning_installs_skills_and_schedule_jobs_idempotently() {
             .changed
     );
     assert!(!provision(&layout, &spec("bob", bob_owner)).unwrap().changed);
-    assert!(!write_member_jobs(&layout, &bob_id, &berlin_schedule(), bob_owner).unwrap());
+    assert!(!write_member_jobs(&layout, &bob_id, "main", &berlin_schedule(), bob_owner).unwrap());
     assert_eq!((tree(&alice.user_dir), tree(&bob.user_dir)), before);
 
     // A changed template is restored, the member's own skill is kept.
@@ -170,13 +171,13 @@ fn provisioning_installs_skills_and_schedule_jobs_idempotently() {
     // A new standup time changes that job only; removing the reflection time removes its job.
     let earlier =
         MemberSchedule::parse(Some("Europe/Berlin"), Some("07:45"), Some("Friday 17:00")).unwrap();
-    assert!(write_member_jobs(&layout, &bob_id, &earlier, bob_owner).unwrap());
+    assert!(write_member_jobs(&layout, &bob_id, "main", &earlier, bob_owner).unwrap());
     let after = jobs(&bob.user_dir);
     assert_eq!(after[0]["schedule"]["expr"], "45 7 * * *");
     assert_eq!(after[0]["createdAtMs"], standup["createdAtMs"]);
     assert_eq!(&after[1], reflection, "the reflection job is untouched");
     let no_reflection = MemberSchedule::parse(Some("Europe/Berlin"), Some("07:45"), None).unwrap();
-    assert!(write_member_jobs(&layout, &bob_id, &no_reflection, bob_owner).unwrap());
+    assert!(write_member_jobs(&layout, &bob_id, "main", &no_reflection, bob_owner).unwrap());
     let after = jobs(&bob.user_dir);
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["id"], "wirebot-daily-standup-main");
@@ -247,7 +248,7 @@ async fn worker_on_a_provisioned_tree_lists_the_skills_and_jobs_and_clawdbot_rea
     let (owner, _) = owner_for(3);
     let carol = "carol".parse::<UserId>().unwrap();
     let p = provision(&layout, &spec("carol", owner)).unwrap();
-    write_member_jobs(&layout, &carol, &berlin_schedule(), owner).unwrap();
+    write_member_jobs(&layout, &carol, "main", &berlin_schedule(), owner).unwrap();
     let token = p.gateway_token.expose().to_owned();
 
     let w = Worker::start(&p.user_dir, WorkerOpts::default());

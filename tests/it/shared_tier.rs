@@ -1,7 +1,8 @@
 //! End-to-end: the real daemon's shared tier: shared members become agents of a shard worker running as the shared uid
 //! (more shards past `shared.max_agents_per_worker`), reached through the proxy with their own token only; adding and
 //! removing members hot-reloads the shard without dropping other members' WebSockets; tier moves carry the member's
-//! sessions both ways; a restarted daemon re-adopts the shard.
+//! sessions both ways; a restarted daemon re-adopts the shard; a shared member's schedule becomes cron jobs in its own
+//! dir that fire through the shard and follow it across tier moves.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
@@ -372,4 +373,130 @@ async fn try_call(c: &mut WsClient, id: &str, method: &str, params: Value) -> Op
             Frame::Close(..) | Frame::Ended => return None,
         }
     }
+}
+
+/// `cron.list` (disabled jobs too) through the proxy as the member: `(id, agentId)` pairs, sorted.
+async fn cron_jobs(sup: &Supervisor, id: &str, token: &str) -> Vec<(String, String)> {
+    let mut c = ws(sup, id, token).await;
+    let listed = c
+        .call_ok("cron.list", json!({"includeDisabled": true}))
+        .await;
+    let mut jobs: Vec<(String, String)> = listed["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_owned(),
+                j["agentId"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    jobs.sort();
+    jobs
+}
+
+/// The number of lines of a run log (0 when it does not exist yet).
+fn run_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_member_schedule_jobs_live_in_its_dir_fire_through_the_shard_and_follow_tier_moves()
+{
+    tests::require_root!();
+    let dir = state_root();
+    let sup = Supervisor::start(dir.path());
+    let sa = add(&sup, "sa", "shared");
+    let sb = add(&sup, "sb", "shared");
+    let shard_pid = worker_of(&sup, "wb-shard-0").unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let jobs_file = sup.user_dir("sa").join("cron/jobs.json");
+
+    let out = sup.cli([
+        "user",
+        "schedule",
+        "sa",
+        "--timezone",
+        "Europe/Berlin",
+        "--standup",
+        "08:30",
+        "--reflection",
+        "fri 17:00",
+    ]);
+    out.ok();
+    assert!(out.stdout.contains("cron jobs written"), "{}", out.stdout);
+    // In the member's own dir, owned by the shared uid like the rest of its tree; the shard was reloaded, not restarted.
+    let shard_uid = std::fs::metadata(sup.user_dir("sa")).unwrap().uid();
+    assert_eq!(std::fs::metadata(&jobs_file).unwrap().uid(), shard_uid);
+    assert_eq!(
+        worker_of(&sup, "wb-shard-0").unwrap()["pid"].as_i64(),
+        Some(shard_pid)
+    );
+    let want_shared = vec![
+        ("wirebot-daily-standup-sa".to_owned(), "sa".to_owned()),
+        ("wirebot-weekly-reflection-sa".to_owned(), "sa".to_owned()),
+    ];
+    assert_eq!(cron_jobs(&sup, "sa", &sa).await, want_shared);
+    assert!(cron_jobs(&sup, "sb", &sb).await.is_empty());
+    assert!(!sup.user_dir("sb").join("cron/jobs.json").exists());
+
+    // A one-second job added by the member fires through the shard, its run log beside the member's jobs.
+    let mut c = ws(&sup, "sa", &sa).await;
+    let tick = c
+        .call_ok(
+            "cron.add",
+            json!({"name": "tick", "schedule": {"kind": "every", "everyMs": 1000}, "sessionTarget": "main",
+                "wakeMode": "next-heartbeat", "payload": {"kind": "systemEvent", "text": "tick"}}),
+        )
+        .await;
+    drop(c);
+    let tick_id = tick["id"].as_str().unwrap().to_owned();
+    let log = sup
+        .user_dir("sa")
+        .join(format!("cron/runs/{tick_id}.jsonl"));
+    eventually("the one-second job runs twice on the shard", || {
+        run_count(&log) >= 2
+    });
+    let stored = std::fs::read_to_string(&jobs_file).unwrap();
+    assert!(stored.contains(&tick_id), "{stored}");
+
+    // Shared → dedicated: the same file, retargeted to `main`, read and run by the member's own worker.
+    sup.cli(["user", "tier", "sa", "dedicated"]).ok();
+    let own_uid = std::fs::metadata(sup.user_dir("sa")).unwrap().uid();
+    assert_ne!(own_uid, shard_uid);
+    assert_eq!(std::fs::metadata(&jobs_file).unwrap().uid(), own_uid);
+    let mut want_dedicated = vec![
+        ("wirebot-daily-standup-main".to_owned(), "main".to_owned()),
+        (
+            "wirebot-weekly-reflection-main".to_owned(),
+            "main".to_owned(),
+        ),
+        (tick_id.clone(), "main".to_owned()),
+    ];
+    want_dedicated.sort();
+    assert_eq!(cron_jobs(&sup, "sa", &sa).await, want_dedicated);
+    let before = run_count(&log);
+    eventually("the job keeps running on the dedicated worker", || {
+        run_count(&log) > before + 1
+    });
+
+    // And back to the shard.
+    sup.cli(["user", "tier", "sa", "shared"]).ok();
+    let mut want_back = want_shared.clone();
+    want_back.push((tick_id.clone(), "sa".to_owned()));
+    want_back.sort();
+    assert_eq!(cron_jobs(&sup, "sa", &sa).await, want_back);
+    let before = run_count(&log);
+    eventually("the job runs on the shard again", || {
+        run_count(&log) > before + 1
+    });
+
+    // No rituals: the default jobs go, the member's own job stays.
+    sup.cli(["user", "schedule", "sa"]).ok();
+    assert_eq!(
+        cron_jobs(&sup, "sa", &sa).await,
+        vec![(tick_id, "sa".to_owned())]
+    );
 }

@@ -420,6 +420,98 @@ async fn scoped_clients_see_only_their_agents_cron_jobs() {
 }
 
 #[tokio::test]
+async fn per_agent_cron_stores_live_in_each_agents_dir_and_scope_the_methods() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let mut cfg = multi_agent_config(TOKEN, &fake, &["alice", "bob"]);
+    cfg["cron"] = json!({"store": format!("{}/{{agentId}}/cron/jobs.json", users.display())});
+    write_config(dir.path(), &cfg);
+    let w = Worker::start(dir.path(), WorkerOpts::default());
+    let mut a = WsClient::connect(&w.ws_url(), TOKEN, Some("alice"))
+        .await
+        .unwrap();
+    let mut b = WsClient::connect(&w.ws_url(), TOKEN, Some("bob"))
+        .await
+        .unwrap();
+    let mut op = WsClient::connect(&w.ws_url(), TOKEN, None).await.unwrap();
+    let job = |name: &str| {
+        json!({"name": name, "schedule": {"kind": "every", "everyMs": 1000}, "sessionTarget": "main",
+            "wakeMode": "next-heartbeat", "payload": {"kind": "systemEvent", "text": name}})
+    };
+    // A scoped client's agentId param cannot reach another agent's store.
+    let mut for_bob = job("alice-tick");
+    for_bob["agentId"] = json!("bob");
+    let ja = a.call_ok("cron.add", for_bob).await;
+    assert_eq!(ja["agentId"], "alice", "{ja}");
+    let jb = b.call_ok("cron.add", job("bob-tick")).await;
+    let (ida, idb) = (ja["id"].as_str().unwrap(), jb["id"].as_str().unwrap());
+
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> = v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                format!(
+                    "{}:{}",
+                    j["agentId"].as_str().unwrap(),
+                    j["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&a.call_ok("cron.list", json!({})).await),
+        ["alice:alice-tick"]
+    );
+    assert_eq!(
+        names(&b.call_ok("cron.list", json!({})).await),
+        ["bob:bob-tick"]
+    );
+    assert_eq!(
+        names(&op.call_ok("cron.list", json!({})).await),
+        ["alice:alice-tick", "bob:bob-tick"]
+    );
+    assert_eq!(
+        names(&op.call_ok("cron.list", json!({"agentId": "bob"})).await),
+        ["bob:bob-tick"]
+    );
+    let st = a.call_ok("cron.status", json!({})).await;
+    assert_eq!(
+        st["storePath"],
+        json!(users.join("alice/cron/jobs.json")),
+        "{st}"
+    );
+    let r = b.call("cron.remove", json!({"id": ida})).await;
+    assert_eq!(r["ok"], false, "{r}");
+
+    // Both fire on their own, each run logged in its own agent's dir.
+    let deadline = Instant::now() + T;
+    for (agent, id) in [("alice", ida), ("bob", idb)] {
+        let log = users.join(agent).join(format!("cron/runs/{id}.jsonl"));
+        while !log.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(!users.join(format!("alice/cron/runs/{idb}.jsonl")).exists());
+    let runs = op.call_ok("cron.runs", json!({"id": idb})).await;
+    assert!(!runs["entries"].as_array().unwrap().is_empty(), "{runs}");
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(users.join("bob/cron/jobs.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["jobs"].as_array().unwrap().len(), 1, "{stored}");
+    assert!(!dir.path().join("cron/jobs.json").exists());
+}
+
+#[tokio::test]
 async fn openai_tool_calls_round_trip_appends_to_todays_log() {
     let fake = FakeProvider::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! `wirebot-worker`: a Clawdbot-compatible gateway (protocol v3, sessions, model router, memory, skills, cron).
 //! Entry point: [`run`] serves a bound listener until the gateway's shutdown token is cancelled, then drains.
 
+pub mod agent_cron;
 pub mod agent_id;
 pub mod atomic;
 pub mod auth_profiles;
@@ -48,7 +49,7 @@ const HTTP_GRACE: Duration = Duration::from_secs(10);
 /// Serves `listener` (WS + HTTP) until `gw.shutdown` is cancelled, then sends `shutdown` to every client,
 /// closes their sockets, lets runs finish for a grace period (then aborts them) and returns.
 pub async fn run(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<(), Error> {
-    features::start(&gw);
+    agent_cron::start(&gw);
     // Clawdbot runs the heartbeat even with cron off, so it is started on its own.
     cron::heartbeat::start(&gw);
     let ticker = gw.tasks.spawn(ticks(Arc::clone(&gw)));

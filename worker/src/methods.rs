@@ -782,19 +782,31 @@ async fn agent_wait(gw: &Gateway, conn: &Conn, p: Option<Value>) -> Result<Value
     })
 }
 
-/// `cron.*`: the shared job store; a connection scoped to one agent sees and changes only that agent's jobs.
+/// `cron.*`. With per-agent stores (`cron.store` with `{agentId}`) a method acts on one agent's store: the
+/// connection's agent when it is scoped, else the `agentId` param; an operator naming no agent sees every store
+/// (`cron.list` merges them, a job id is looked up in each, `cron.add` goes to the default agent). With one shared
+/// store, a connection scoped to one agent sees and changes only that agent's jobs.
 async fn cron_method(
     gw: &Gateway,
     conn: &Conn,
     method: &str,
     p: Option<Value>,
 ) -> Result<Value, ErrorShape> {
-    let Some(svc) = gw.features.cron.get() else {
+    if !gw.features.cron.enabled() {
+        return Err(ErrorShape::unavailable(format!(
+            "{method}: cron is disabled in this worker"
+        )));
+    }
+    let p = p.unwrap_or(Value::Null);
+    if gw.features.cron.per_agent_template().is_some() {
+        return per_agent_cron_method(gw, conn, method, p).await;
+    }
+    let Some(svc) = gw.features.cron.for_agent(&gw.cfg().default_agent) else {
         return Err(ErrorShape::unavailable(format!(
             "{method}: cron is disabled in this worker"
         )));
     };
-    let mut p = p.unwrap_or(Value::Null);
+    let mut p = p;
     if let Some(scope) = &conn.scope {
         let owner = |job: &crate::cron::Job| {
             job.agent_id
@@ -812,10 +824,7 @@ async fn cron_method(
                 }
             }
             "cron.update" | "cron.remove" | "cron.run" | "cron.runs" => {
-                let id = ["id", "jobId"]
-                    .iter()
-                    .find_map(|k| p.get(k).and_then(Value::as_str))
-                    .unwrap_or_default();
+                let id = cron_job_id(&p);
                 if let Some(job) = svc.store().get(id)
                     && owner(&job) != *scope
                 {
@@ -824,7 +833,7 @@ async fn cron_method(
             }
             _ => {}
         }
-        let mut v = crate::cron::methods::handle(svc, method, &p)
+        let mut v = crate::cron::methods::handle(&svc, method, &p)
             .await
             .map_err(cron_error)?;
         if method == "cron.list"
@@ -837,9 +846,136 @@ async fn cron_method(
         }
         return Ok(v);
     }
-    crate::cron::methods::handle(svc, method, &p)
+    crate::cron::methods::handle(&svc, method, &p)
         .await
         .map_err(cron_error)
+}
+
+/// `{id}` or `{jobId}` of a cron method's params ("" when absent: the handler reports it).
+fn cron_job_id(p: &Value) -> &str {
+    ["id", "jobId"]
+        .iter()
+        .find_map(|k| p.get(k).and_then(Value::as_str))
+        .unwrap_or_default()
+}
+
+/// Every job of a per-agent store names its store's agent (a job carried over from a dedicated worker says `main`).
+fn stamp_agent(v: &mut Value, agent: &AgentId) {
+    let jobs = match v.get_mut("jobs").and_then(Value::as_array_mut) {
+        Some(jobs) => jobs,
+        None => return,
+    };
+    for j in jobs {
+        if let Some(o) = j.as_object_mut() {
+            o.insert("agentId".into(), json!(agent));
+        }
+    }
+}
+
+async fn per_agent_cron_method(
+    gw: &Gateway,
+    conn: &Conn,
+    method: &str,
+    mut p: Value,
+) -> Result<Value, ErrorShape> {
+    let named = p.get("agentId").and_then(Value::as_str).map(AgentId::parse);
+    let target = match (&conn.scope, named) {
+        (Some(scope), _) => Some(scope.clone()),
+        (None, Some(a)) => Some(a.map_err(|e| ErrorShape::invalid(e.to_string()))?),
+        (None, None) => None,
+    };
+    let cron = &gw.features.cron;
+    let one = |agent: &AgentId| {
+        cron.for_agent(agent).ok_or_else(|| {
+            ErrorShape::invalid(format!("{method}: agent {agent} has no cron store here"))
+        })
+    };
+    let (agent, svc) = match (target, method) {
+        (Some(agent), _) => {
+            let svc = one(&agent)?;
+            // Another agent's job id looks unknown (as it does in a single store), not merely "not removed".
+            let id = cron_job_id(&p);
+            if matches!(
+                method,
+                "cron.update" | "cron.remove" | "cron.run" | "cron.runs"
+            ) && svc.store().get(id).is_none()
+            {
+                return Err(ErrorShape::invalid(format!("unknown cron job id {id:?}")));
+            }
+            (agent, svc)
+        }
+        (None, "cron.list") => {
+            let mut jobs = Vec::new();
+            for (agent, svc) in cron.all() {
+                let mut v = crate::cron::methods::handle(&svc, method, &p)
+                    .await
+                    .map_err(cron_error)?;
+                if let Some(agent) = &agent {
+                    stamp_agent(&mut v, agent);
+                }
+                if let Some(Value::Array(list)) = v.get_mut("jobs").map(Value::take) {
+                    jobs.extend(list);
+                }
+            }
+            let key = |j: &Value| {
+                let disabled = j.get("enabled").and_then(Value::as_bool) == Some(false);
+                let next = j
+                    .pointer("/state/nextRunAtMs")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MAX);
+                (disabled, next)
+            };
+            jobs.sort_by_key(key);
+            return Ok(json!({ "jobs": jobs }));
+        }
+        (None, "cron.status") => {
+            let all = cron.all();
+            let jobs: usize = all.iter().map(|(_, s)| s.store().jobs().len()).sum();
+            let next = all.iter().filter_map(|(_, s)| s.next_wake_at_ms()).min();
+            return Ok(json!({
+                "enabled": true,
+                "storePath": cron.per_agent_template(),
+                "agents": all.len(),
+                "jobs": jobs,
+                "nextWakeAtMs": next,
+            }));
+        }
+        (None, "cron.add") => {
+            let agent = gw.cfg().default_agent.clone();
+            let svc = one(&agent)?;
+            (agent, svc)
+        }
+        (None, _) => {
+            let id = cron_job_id(&p);
+            let found = cron
+                .all()
+                .into_iter()
+                .find_map(|(a, s)| s.store().get(id).and(a.map(|a| (a, s))));
+            match found {
+                Some(found) => found,
+                None => {
+                    return Err(ErrorShape::invalid(format!("unknown cron job id {id:?}")));
+                }
+            }
+        }
+    };
+    if method == "cron.add" {
+        if p.is_null() {
+            p = json!({});
+        }
+        if let Some(o) = p.as_object_mut() {
+            o.insert("agentId".into(), json!(agent));
+        }
+    }
+    let mut v = crate::cron::methods::handle(&svc, method, &p)
+        .await
+        .map_err(cron_error)?;
+    match method {
+        "cron.list" => stamp_agent(&mut v, &agent),
+        "cron.status" => v["agentId"] = json!(agent),
+        _ => {}
+    }
+    Ok(v)
 }
 
 fn cron_error(e: crate::cron::Error) -> ErrorShape {

@@ -1,8 +1,10 @@
 //! Hot reload (SIGHUP): re-reads `clawdbot.json` and the env file, and applies a valid config live: the agent
-//! list (added, removed, changed), bindings, per-agent stores, providers, hooks and session settings. A removed
-//! agent's scoped connections are closed (1008, "agent removed") and its runs aborted; other connections are not
-//! touched. An invalid file changes nothing: the old config stays applied and the error is exposed (`/healthz`
-//! `reloadError`, operators' `health`). Keys that cannot change in a running process are listed as needing a restart.
+//! list (added, removed, changed), bindings, per-agent stores (sessions, memory, cron: a `{agentId}` cron store is
+//! opened for an added agent and stopped for a removed one; every cron store re-reads its file if it was rewritten),
+//! providers, hooks and session settings. A removed agent's scoped connections are closed (1008, "agent removed")
+//! and its runs aborted; other connections are not touched. An invalid file changes nothing: the old config stays
+//! applied and the error is exposed (`/healthz` `reloadError`, operators' `health`). Keys that cannot change in a
+//! running process are listed as needing a restart.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -110,6 +112,8 @@ pub fn apply(gw: &Arc<Gateway>, mut new: Config) -> Applied {
         }
         gw.features.forget_memory(id);
     }
+    // Per-agent cron stores follow the agent list; every store re-reads a jobs file rewritten from outside.
+    crate::agent_cron::sync_agents(gw);
     {
         let mut st = gw.reload_status.lock().unwrap_or_else(|p| p.into_inner());
         st.error = None;

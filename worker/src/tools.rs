@@ -13,7 +13,7 @@ use crate::state::Gateway;
 /// The tools available to `agent`'s runs.
 pub fn specs(gw: &Gateway, agent: &AgentConfig) -> Vec<ToolSpec> {
     let memory = features::memory_enabled(gw, agent);
-    let cron = gw.features.cron.get().is_some();
+    let cron = gw.features.cron.for_agent(&agent.id).is_some();
     let skills = !features::eligible_skills(gw, agent).is_empty();
     builtin::tool_definitions()
         .into_iter()
@@ -55,7 +55,7 @@ pub async fn call(
     };
     let ctx = ToolContext {
         memory,
-        cron: gw.features.cron.get().cloned(),
+        cron: gw.features.cron.for_agent(&agent.id),
         skills,
         timezone: gw.features.timezone,
         agent_id: Some(agent.id.to_string()),

@@ -308,7 +308,39 @@ impl CronService {
         })
     }
 
+    /// Adopts a jobs file someone else rewrote (see [`CronStore::refresh`]) and gives enabled jobs without a next
+    /// run one (an adopted job, also one adopted by an earlier change); the runner then re-plans. Returns whether
+    /// anything changed.
+    pub fn refresh(&self) -> Result<bool> {
+        let adopted = self.store.refresh()?;
+        let unplanned = self
+            .store
+            .jobs()
+            .iter()
+            .any(|j| j.enabled && j.state.next_run_at_ms.is_none());
+        let planned = unplanned && {
+            let now = self.now_ms();
+            self.store.modify(|jobs| {
+                let mut changed = false;
+                for job in jobs.iter_mut() {
+                    if job.enabled && job.state.next_run_at_ms.is_none() {
+                        job.state.next_run_at_ms =
+                            next_run_at_ms(&job.schedule, now, job.created_at_ms).unwrap_or(None);
+                        changed |= job.state.next_run_at_ms.is_some();
+                    }
+                }
+                Ok(changed)
+            })?
+        };
+        if adopted || planned {
+            self.wake.notify_one();
+        }
+        Ok(adopted || planned)
+    }
+
     /// The runner: until `shutdown`, run due jobs one at a time and sleep until the next one (or a change).
+    /// Each round first adopts an external rewrite of the jobs file, so one is noticed within `MAX_SLEEP` even
+    /// without a reload.
     /// A run in progress at shutdown is abandoned and stays due, so it runs once after the next start.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if let Err(error) = self.prepare() {
@@ -317,6 +349,9 @@ impl CronService {
         }
         tracing::info!(store = %self.store.path().display(), jobs = self.store.jobs().len(), "cron runner started");
         while !shutdown.is_cancelled() {
+            if let Err(error) = self.refresh() {
+                tracing::warn!(store = %self.store.path().display(), %error, "cron: the jobs file on disk does not read; keeping the jobs in memory");
+            }
             let now = self.now_ms();
             let mut due: Vec<Job> = self
                 .store

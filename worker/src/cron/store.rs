@@ -1,5 +1,7 @@
 //! `CronStore`: `cron/jobs.json` (version 1) held in memory and rewritten atomically on every change, the previous
-//! file kept as `jobs.json.bak`, and the per-job run logs `cron/runs/<jobId>.jsonl`.
+//! file kept as `jobs.json.bak`, and the per-job run logs `cron/runs/<jobId>.jsonl`. A file replaced by someone else
+//! (the supervisor writing a member's default jobs) is noticed by its identity (inode, size, times) and adopted
+//! before the next change and on [`CronStore::refresh`], so the store never writes over an external edit it has not read.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,12 +35,71 @@ pub struct RunLogEntry {
     pub next_run_at_ms: Option<i64>,
 }
 
-/// The job file of one state directory.
+/// The job file of one state directory (or of one agent, with a per-agent `cron.store`).
 #[derive(Debug)]
 pub struct CronStore {
     path: PathBuf,
     runs_dir: PathBuf,
-    file: Mutex<JobsFile>,
+    file: Mutex<Loaded>,
+}
+
+/// The jobs in memory and the identity of the file they were read from or last written to.
+#[derive(Debug)]
+struct Loaded {
+    jobs: JobsFile,
+    seen: Option<FileId>,
+}
+
+/// What tells one version of the jobs file from another without reading it: an atomic rewrite makes a new inode,
+/// and the times and size change with it. `None` (no file) is a state of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+fn file_id(path: &Path) -> Result<Option<FileId>> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("inspect", path)(e)),
+    }
+}
+
+/// Reads and checks a jobs file; a missing file is an empty store.
+fn read_jobs(path: &Path) -> Result<JobsFile> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let file: JobsFile =
+                serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if file.version != 1 {
+                return Err(Error::Invalid {
+                    what: "jobs.json version",
+                    reason: format!("{} (expected 1)", file.version),
+                });
+            }
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JobsFile {
+            version: 1,
+            jobs: Vec::new(),
+            extra: Default::default(),
+        }),
+        Err(e) => Err(Error::io("read", path)(e)),
+    }
 }
 
 /// Job ids become file names of run logs: keep them to a safe alphabet.
@@ -60,32 +121,12 @@ impl CronStore {
     /// A file that exists but does not parse is an error and is never overwritten.
     pub fn open_at(path: &Path) -> Result<Self> {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let file = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: JobsFile =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                if file.version != 1 {
-                    return Err(Error::Invalid {
-                        what: "jobs.json version",
-                        reason: format!("{} (expected 1)", file.version),
-                    });
-                }
-                file
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => JobsFile {
-                version: 1,
-                jobs: Vec::new(),
-                extra: Default::default(),
-            },
-            Err(e) => return Err(Error::io("read", path)(e)),
-        };
+        let seen = file_id(path)?;
+        let jobs = read_jobs(path)?;
         Ok(CronStore {
             path: path.to_path_buf(),
             runs_dir: dir.join("runs"),
-            file: Mutex::new(file),
+            file: Mutex::new(Loaded { jobs, seen }),
         })
     }
 
@@ -93,7 +134,7 @@ impl CronStore {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, JobsFile> {
+    fn lock(&self) -> MutexGuard<'_, Loaded> {
         self.file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -101,30 +142,55 @@ impl CronStore {
 
     /// All jobs (a snapshot).
     pub fn jobs(&self) -> Vec<Job> {
-        self.lock().jobs.clone()
+        self.lock().jobs.jobs.clone()
     }
 
     pub fn get(&self, id: &str) -> Option<Job> {
-        self.lock().jobs.iter().find(|j| j.id == id).cloned()
+        self.lock().jobs.jobs.iter().find(|j| j.id == id).cloned()
+    }
+
+    /// Adopts the file if someone else replaced it since it was read or written here; returns whether the jobs
+    /// changed. A replaced file that does not parse is an error and the jobs in memory stay as they were.
+    pub fn refresh(&self) -> Result<bool> {
+        let mut loaded = self.lock();
+        self.adopt_external(&mut loaded)
+    }
+
+    fn adopt_external(&self, loaded: &mut Loaded) -> Result<bool> {
+        let now = file_id(&self.path)?;
+        if now == loaded.seen {
+            return Ok(false);
+        }
+        let jobs = read_jobs(&self.path)?;
+        let changed = jobs.jobs != loaded.jobs.jobs;
+        tracing::info!(path = %self.path.display(), jobs = jobs.jobs.len(), changed, "cron: jobs file changed on disk; adopted");
+        loaded.jobs = jobs;
+        loaded.seen = now;
+        Ok(changed)
     }
 
     /// Runs `change` on the jobs and, if it returns `Ok`, writes the file; on a write error the in-memory jobs are
     /// rolled back so memory and disk never disagree.
+    /// An external rewrite of the file is adopted first, so the change applies to what is on disk.
     pub fn modify<T>(&self, change: impl FnOnce(&mut Vec<Job>) -> Result<T>) -> Result<T> {
-        let mut file = self.lock();
-        let before = file.jobs.clone();
-        let out = match change(&mut file.jobs) {
+        let mut loaded = self.lock();
+        self.adopt_external(&mut loaded)?;
+        let before = loaded.jobs.jobs.clone();
+        let out = match change(&mut loaded.jobs.jobs) {
             Ok(out) => out,
             Err(e) => {
-                file.jobs = before;
+                loaded.jobs.jobs = before;
                 return Err(e);
             }
         };
-        if file.jobs != before
-            && let Err(e) = self.persist(&file)
-        {
-            file.jobs = before;
-            return Err(e);
+        if loaded.jobs.jobs != before {
+            match self.persist(&loaded.jobs) {
+                Ok(()) => loaded.seen = file_id(&self.path)?,
+                Err(e) => {
+                    loaded.jobs.jobs = before;
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }
@@ -337,5 +403,32 @@ mod tests {
         assert_eq!(tail.iter().map(|e| e.ts).collect::<Vec<_>>(), [3, 4]);
         assert!(store.runs("../x", 2).is_err());
         assert!(store.runs("b", 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_replaced_from_outside_is_adopted_before_the_next_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CronStore::open(dir.path()).unwrap();
+        store.insert_missing(vec![job("a")]).unwrap();
+        assert!(!store.refresh().unwrap());
+        // Someone else (the supervisor) rewrites the file with another job added.
+        let other = CronStore::open(dir.path()).unwrap();
+        other.insert_missing(vec![job("b")]).unwrap();
+        store.insert_missing(vec![job("c")]).unwrap();
+        let ids = |s: &CronStore| s.jobs().into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(&store), ["a", "b", "c"]);
+        assert_eq!(ids(&CronStore::open(dir.path()).unwrap()), ["a", "b", "c"]);
+        // refresh() adopts without a change; an unreadable rewrite keeps the jobs in memory.
+        other.insert_missing(vec![job("d")]).unwrap();
+        assert!(store.refresh().unwrap());
+        assert_eq!(ids(&store), ["a", "b", "c", "d"]);
+        write_atomic(&dir.path().join("cron/jobs.json"), b"{torn", 0o600).unwrap();
+        assert!(store.refresh().is_err());
+        assert!(store.insert_missing(vec![job("e")]).is_err());
+        assert_eq!(ids(&store), ["a", "b", "c", "d"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("cron/jobs.json")).unwrap(),
+            b"{torn"
+        );
     }
 }
