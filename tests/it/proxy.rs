@@ -1278,3 +1278,274 @@ async fn real_worker_chat_streams_through_the_proxy_for_dedicated_and_shared_mem
     .await;
     assert_eq!(s, 403);
 }
+
+// ---------------------------------------------------------------- the HTTP/1.1 fast path on the wire
+
+/// Writes `bytes` on a new connection (then half-closes if asked) and reads until the proxy closes.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The bodies of the responses in `raw`, in order (`Content-Length` or chunked framing).
+fn bodies(raw: &str) -> Vec<(u16, String)> {
+    let mut rest = raw;
+    let mut out = Vec::new();
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let status: u16 = head[9..12].parse().unwrap();
+        let lower = head.to_ascii_lowercase();
+        let (body, next) = if let Some(i) = lower.find("content-length: ") {
+            let n: usize = lower[i + 16..]
+                .split("\r\n")
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (after[..n].to_owned(), &after[n..])
+        } else if lower.contains("transfer-encoding: chunked") {
+            let (mut body, mut at) = (String::new(), after);
+            loop {
+                let (size, data) = at.split_once("\r\n").unwrap();
+                let size = usize::from_str_radix(size, 16).unwrap();
+                if size == 0 {
+                    at = &data[2..];
+                    break;
+                }
+                body.push_str(&data[..size]);
+                at = &data[size + 2..];
+            }
+            (body, at)
+        } else {
+            (String::new(), after)
+        };
+        out.push((status, body));
+        rest = next;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_chunked_bodies_keep_their_order_and_framing() {
+    let be = Backend::start("unused").await;
+    let proxy = start_proxy(
+        vec![dedicated(
+            "alice",
+            all_bindings(),
+            UpstreamState::Running(be.addr),
+        )],
+        test_config(),
+        None,
+    )
+    .await;
+    let auth = bearer("alice");
+    // Three requests in one write: a GET, a chunked POST (echoed back), then a GET that closes.
+    let pipelined = format!(
+        "GET /u/alice/one HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\n\r\n\
+         POST /u/alice/echo HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n\
+         GET /u/alice/three HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let raw = raw_exchange(proxy.addr, pipelined.as_bytes(), false).await;
+    let got = bodies(&raw);
+    assert_eq!(got.len(), 3, "{raw}");
+    assert_eq!(got[0], (200, json!({"uri": "/one"}).to_string()));
+    assert_eq!(got[1], (200, "hello world".to_owned()));
+    assert_eq!(got[2], (200, json!({"uri": "/three"}).to_string()));
+    let uris: Vec<String> = be.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/one", "/echo", "/three"]);
+
+    // A chunked response (SSE) is relayed chunked to a keep-alive client, then the next request follows.
+    be.release.notify_one();
+    let two = format!(
+        "GET /u/alice/sse HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\n\r\n\
+         GET /u/alice/after HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let raw = raw_exchange(proxy.addr, two.as_bytes(), false).await;
+    let got = bodies(&raw);
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{raw}"
+    );
+    assert_eq!(
+        got,
+        [
+            (
+                200,
+                "data: first\n\ndata: second\n\ndata: [DONE]\n\n".to_owned()
+            ),
+            (200, json!({"uri": "/after"}).to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_heads_are_refused_as_problems_and_a_half_closed_client_gets_its_answer() {
+    let be = Backend::start("unused").await;
+    let proxy = start_proxy(
+        vec![dedicated(
+            "alice",
+            all_bindings(),
+            UpstreamState::Running(be.addr),
+        )],
+        test_config(),
+        None,
+    )
+    .await;
+    let problem = |raw: &str, status: u16, slug: &str| {
+        assert!(raw.starts_with(&format!("HTTP/1.1 {status} ")), "{raw}");
+        assert!(
+            raw.contains("content-type: application/problem+json"),
+            "{raw}"
+        );
+        let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["status"], status);
+        assert_eq!(body["type"], format!("urn:wirebot:proxy:{slug}"));
+    };
+    let raw = raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", false).await;
+    problem(&raw, 400, "malformed-request");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: edge\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let raw = raw_exchange(proxy.addr, huge.as_bytes(), false).await;
+    problem(&raw, 431, "head-too-large");
+    assert!(be.seen().is_empty(), "a bad head never reaches the worker");
+    let text = proxy.metrics.render();
+    for needle in [
+        r#"wirebot_proxy_requests_total{tier="none",status="400"} 1"#,
+        r#"wirebot_proxy_requests_total{tier="none",status="431"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+
+    // The client sends its request and shuts its side: the answer still arrives, then the proxy closes.
+    let req = format!(
+        "GET /u/alice/half HTTP/1.1\r\nHost: edge\r\nAuthorization: {}\r\n\r\n",
+        bearer("alice")
+    );
+    let raw = raw_exchange(proxy.addr, req.as_bytes(), true).await;
+    assert_eq!(
+        bodies(&raw),
+        [(200, json!({"uri": "/half"}).to_string())],
+        "{raw}"
+    );
+}
+
+/// A worker that answers the first request on each connection and, on the second, closes without answering (a
+/// keep-alive connection it dropped just as the proxy reused it). Counts every request head it reads.
+async fn drops_reused_connections() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = Arc::clone(&log2);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    // Read one head (and a body if Content-Length says so).
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len: usize = head
+                        .to_ascii_lowercase()
+                        .split("content-length: ")
+                        .nth(1)
+                        .map_or(0, |v| v.split("\r\n").next().unwrap().parse().unwrap());
+                    while buf.len() < end + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..end + len);
+                    log.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap().to_owned());
+                    if n == 1 {
+                        return;
+                    }
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_by_the_worker_is_retried_once_for_idempotent_requests_only() {
+    let (addr, log) = drops_reused_connections().await;
+    let proxy = start_proxy(
+        vec![dedicated(
+            "alice",
+            all_bindings(),
+            UpstreamState::Running(addr),
+        )],
+        test_config(),
+        None,
+    )
+    .await;
+    // One client connection, so every request is served by the same proxy thread and its pool.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let auth = bearer("alice");
+    let mut exchange = async |req: String| {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = String::new();
+        while !(got.ends_with("\r\n\r\nok") || got.contains("problem")) {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    };
+    let get = format!("GET /u/alice/a HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\n\r\n");
+    // 1: a new worker connection, answered; 2: that connection reused and dropped, so sent once more on a new one.
+    assert!(exchange(get.clone()).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(get.clone()).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(log.lock().unwrap().len(), 3, "{:?}", log.lock().unwrap());
+    // 3: a POST with a body on the reused connection is not sent twice: the worker's fault, 502.
+    let post = format!(
+        "POST /u/alice/a HTTP/1.1\r\nHost: edge\r\nAuthorization: {auth}\r\nAccept: application/json\r\n\
+         Content-Length: 1\r\n\r\nx"
+    );
+    let raw = exchange(post).await;
+    assert!(raw.starts_with("HTTP/1.1 502"), "{raw}");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "GET /a HTTP/1.1",
+            "GET /a HTTP/1.1",
+            "GET /a HTTP/1.1",
+            "POST /a HTTP/1.1"
+        ]
+    );
+}

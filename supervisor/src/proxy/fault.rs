@@ -18,6 +18,10 @@ pub enum Culprit {
 /// A request the proxy answered itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// The request head is not valid HTTP/1.1.
+    MalformedRequest,
+    /// The request head is larger than `max_header_bytes`.
+    HeadTooLarge,
     /// No host, path or token binding matches.
     NoRoute,
     /// The route needs a token and none was presented.
@@ -47,6 +51,8 @@ pub enum Fault {
 impl Fault {
     pub fn status(&self) -> StatusCode {
         match self {
+            Fault::MalformedRequest => StatusCode::BAD_REQUEST,
+            Fault::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Fault::NoRoute => StatusCode::NOT_FOUND,
             Fault::MissingToken | Fault::UnknownToken => StatusCode::UNAUTHORIZED,
             Fault::WrongToken => StatusCode::FORBIDDEN,
@@ -60,7 +66,9 @@ impl Fault {
 
     pub fn culprit(&self) -> Culprit {
         match self {
-            Fault::NoRoute
+            Fault::MalformedRequest
+            | Fault::HeadTooLarge
+            | Fault::NoRoute
             | Fault::MissingToken
             | Fault::WrongToken
             | Fault::UnknownToken
@@ -78,6 +86,8 @@ impl Fault {
     /// Stable slug used in the problem `type` URI.
     fn slug(&self) -> &'static str {
         match self {
+            Fault::MalformedRequest => "malformed-request",
+            Fault::HeadTooLarge => "head-too-large",
             Fault::NoRoute => "no-route",
             Fault::MissingToken => "missing-token",
             Fault::WrongToken => "wrong-token",
@@ -95,6 +105,8 @@ impl Fault {
 
     fn title(&self) -> &'static str {
         match self {
+            Fault::MalformedRequest => "Malformed request",
+            Fault::HeadTooLarge => "Request head too large",
             Fault::NoRoute => "No such route",
             Fault::MissingToken => "Token required",
             Fault::WrongToken => "Token not accepted",
@@ -112,6 +124,10 @@ impl Fault {
 
     fn detail(&self) -> String {
         match self {
+            Fault::MalformedRequest => "the request head is not valid HTTP/1.1".to_owned(),
+            Fault::HeadTooLarge => {
+                "the request line and headers are over the proxy's limit".to_owned()
+            }
             Fault::NoRoute => "no member is bound to this host, path or token".to_owned(),
             Fault::MissingToken => {
                 "send the member token as `Authorization: Bearer <token>` or `?token=<token>`"

@@ -55,9 +55,9 @@ pub(crate) struct Proxy {
 /// Per client connection facts, computed once per TCP connection rather than per request.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The peer IP as a header value, for `X-Forwarded-For`.
-    peer_ip: HeaderValue,
+    pub(crate) peer_ip: HeaderValue,
 }
 
 impl ConnInfo {
@@ -322,16 +322,21 @@ fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
         Some(h) => h,
         None => req.uri().host()?,
     };
+    Some(normalize_host(raw))
+}
+
+/// A `Host` value as the route table keys it: lowercase, without port.
+pub(crate) fn normalize_host(raw: &str) -> Cow<'_, str> {
     let host = match raw.rsplit_once(':') {
         Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
         Some((h, _)) if h.ends_with(']') => h,
         _ => raw,
     };
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    })
+    }
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

@@ -12,12 +12,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ProxyConfig;
+use super::fast;
 use super::forward::{ConnInfo, Proxy, handle};
 use super::metrics::ProxyMetrics;
 use super::pool::set_worker_index;
@@ -218,7 +220,21 @@ async fn serve(
     _load: Option<LoadGuard>,
 ) {
     proxy.metrics.connection_opened();
-    let info = Arc::new(ConnInfo::new(peer));
+    fast::serve(Arc::clone(&proxy), builder, stream, peer).await;
+    proxy.metrics.connection_closed();
+}
+
+/// Serves the rest of a client connection with hyper (`forward::handle` per request); the fast path hands over
+/// connections whose next request it does not take.
+pub(super) async fn serve_hyper<I>(
+    proxy: Arc<Proxy>,
+    builder: http1::Builder,
+    io: I,
+    info: Arc<ConnInfo>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let svc_proxy = Arc::clone(&proxy);
     let svc = service_fn(move |req| {
         let proxy = Arc::clone(&svc_proxy);
@@ -226,7 +242,7 @@ async fn serve(
         async move { handle(&proxy, &info, req).await }
     });
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -240,7 +256,6 @@ async fn serve(
             let _ = conn.await;
         }
     }
-    proxy.metrics.connection_closed();
 }
 
 /// Open-connection counts per proxy thread and the hand-off channels between them.

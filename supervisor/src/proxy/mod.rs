@@ -11,12 +11,15 @@
 mod body;
 mod config;
 mod error;
+mod fast;
 mod fault;
 mod forward;
+mod h1;
 mod listener;
 mod member;
 mod metrics;
 mod pool;
+mod rewind;
 mod route;
 mod wake;
 mod websocket;

@@ -1,6 +1,7 @@
-//! Keep-alive connection pools to workers: one `HostPool` per upstream address holding idle HTTP/1.1 connections
-//! (request handle + driver). A connection goes back to its pool when the response body ends; no task per request
-//! and none per connection: the client connection's task drives the worker connection it borrowed.
+//! Keep-alive connection pools to workers: one `HostPool` per upstream address holding idle HTTP/1.1 connections,
+//! as hyper client connections (request handle + driver) for the hyper path and as plain sockets for the fast path
+//! (`fast.rs`). A connection goes back to its pool when the response body ends; no task per request and none per
+//! connection: the client connection's task drives the worker connection it borrowed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -137,6 +138,8 @@ pub(crate) struct HostPool {
     addr: SocketAddr,
     /// Idle connections per proxy thread (index = [`worker_index`]).
     idle: Vec<Mutex<Vec<UpConn>>>,
+    /// Idle plain sockets of the fast path per proxy thread: between two responses, nothing is left to read.
+    raw_idle: Vec<Mutex<Vec<TcpStream>>>,
     cfg: PoolConfig,
     /// Driver tasks of WebSocket upgrade connections (those are not pooled).
     tasks: TaskTracker,
@@ -164,6 +167,9 @@ impl HostPool {
         HostPool {
             addr,
             idle: (0..cfg.shards.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            raw_idle: (0..cfg.shards.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             cfg,
@@ -263,7 +269,26 @@ impl HostPool {
         }
     }
 
-    async fn connect(&self) -> Result<(Sender, Driver), Fault> {
+    /// An idle fast-path socket of this thread, most recently used first.
+    pub(crate) fn checkout_raw(&self) -> Option<TcpStream> {
+        self.raw_idle[worker_index() % self.raw_idle.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Returns a fast-path socket whose last response ended cleanly; past `max_idle` it is closed.
+    pub(crate) fn put_back_raw(&self, stream: TcpStream) {
+        let mut idle = self.raw_idle[worker_index() % self.raw_idle.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.cfg.max_idle {
+            idle.push(stream);
+        }
+    }
+
+    /// A new socket to the worker (`TCP_NODELAY` set).
+    pub(crate) async fn connect_raw(&self) -> Result<TcpStream, Fault> {
         let stream = match tokio::time::timeout(
             self.cfg.connect_timeout,
             TcpStream::connect(self.addr),
@@ -278,6 +303,11 @@ impl HostPool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<(Sender, Driver), Fault> {
+        let stream = self.connect_raw().await?;
         http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
