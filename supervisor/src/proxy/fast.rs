@@ -28,6 +28,8 @@ use super::route::{PathMatch, Route, TokenHash, Upstream};
 
 /// First allocation of a read buffer (grown up to `max_header_bytes` for a long head).
 const INITIAL_BUF: usize = 8 * 1024;
+/// How long a closing connection keeps reading (and dropping) what the client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// Largest worker response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -118,12 +120,28 @@ impl Conn<'_> {
             match self.exchange(plan).await {
                 Next::KeepAlive => {}
                 Next::Close => {
-                    let _ = self.client.shutdown().await;
+                    self.close().await;
                     return End::Closed;
                 }
                 Next::Handover => return End::Handover,
             }
         }
+    }
+
+    /// Closes after a final response: our side first, then whatever the client still sends is read and dropped
+    /// for a moment, so unread bytes (a refused body, the rest of a long head) do not turn the close into a reset
+    /// that could destroy the response before the client reads it.
+    async fn close(&mut self) {
+        if self.client.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let _ = timeout_at(Instant::now() + LINGER, async {
+            while let Ok(n) = self.client.read(&mut sink).await
+                && n > 0
+            {}
+        })
+        .await;
     }
 
     /// Reads until a complete request head is buffered and prepares it; `Err` ends the fast path.
@@ -139,12 +157,12 @@ impl Conn<'_> {
                     Prepared::Handover => return Err(End::Handover),
                     Prepared::Fault(f) => {
                         self.answer(&f, None, true, started).await;
-                        let _ = self.client.shutdown().await;
+                        self.close().await;
                         return Err(End::Closed);
                     }
                     Prepared::Partial if self.cin.filled().len() >= cfg.max_header_bytes => {
                         self.answer(&Fault::HeadTooLarge, None, true, started).await;
-                        let _ = self.client.shutdown().await;
+                        self.close().await;
                         return Err(End::Closed);
                     }
                     Prepared::Partial => {}
