@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use worker::config::{Config, DEFAULT_PORT, Env};
 
 /// A Clawdbot-compatible gateway for one member or many agents: protocol v3 WebSocket control plane, WebChat at
@@ -28,13 +31,21 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WIREBOT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    // `Targets` (`warn`, `worker=debug,info`) rather than `EnvFilter`: the latter compiles regexes at start, which
+    // every idle worker would then keep paying for in resident pages (BENCHMARKS.md, issue 3).
+    let wanted = std::env::var("WIREBOT_LOG").ok();
+    let parsed = wanted.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(t)) => t.clone(),
+        _ => Targets::new().with_default(tracing::Level::INFO),
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
+    if let Some(Err(error)) = parsed {
+        tracing::warn!(%error, value = ?wanted, "WIREBOT_LOG not understood (`level` or `target=level,…`); logging at info");
+    }
     let args = Args::parse();
     let cfg = match load(&args) {
         Ok(c) => c,
