@@ -10,123 +10,30 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use axum::{Json, Router, routing::post};
-use serde_json::{Value, json};
+use serde_json::json;
 use worker::memory::{MemoryConfig, MemoryIndex, chunk_markdown};
 
-const DIMS: usize = 256;
+mod corpus;
+use corpus::{embed, queries, serve_embeddings, vocabulary, write_corpus};
 
-/// xorshift64*: deterministic and dependency-free.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+fn hybrid_config(url: &str) -> MemoryConfig {
+    MemoryConfig::from_json(&json!({
+        "remote": {"baseUrl": url},
+        "chunking": {"tokens": 64, "overlap": 0},
+    }))
+    .unwrap()
 }
 
-fn vocabulary(n: usize) -> Vec<String> {
-    const SYL: [&str; 24] = [
-        "ka", "lo", "mi", "ren", "sa", "to", "vel", "dra", "qui", "zen", "po", "lu", "mar", "ti",
-        "ga", "bro", "ne", "sil", "fa", "gor", "hu", "ja", "ke", "wy",
-    ];
-    let mut rng = Rng(42);
-    (0..n)
-        .map(|_| {
-            let len = 2 + (rng.next() % 3) as usize;
-            (0..len)
-                .map(|_| SYL[(rng.next() % SYL.len() as u64) as usize])
-                .collect()
-        })
-        .collect()
-}
-
-/// Markdown lines of 8-14 Zipf-ish words, a heading every 12 lines.
-fn write_corpus(
-    dir: &Path,
-    files: usize,
-    bytes_per_file: usize,
-    vocab: &[String],
-    seed: u64,
-) -> usize {
-    let mut rng = Rng(seed);
-    let mut total = 0;
-    std::fs::create_dir_all(dir.join("memory")).unwrap();
-    for f in 0..files {
-        let mut text = format!("# Notes {f}\n\n");
-        let mut line_no = 0;
-        while text.len() < bytes_per_file {
-            line_no += 1;
-            if line_no % 12 == 0 {
-                text.push_str(&format!("\n## Section {line_no}\n"));
-            }
-            let words = 8 + (rng.next() % 7) as usize;
-            let line: Vec<&str> = (0..words)
-                .map(|_| vocab[((vocab.len() as f64) * rng.unit().powi(3)) as usize].as_str())
-                .collect();
-            text.push_str("- ");
-            text.push_str(&line.join(" "));
-            text.push('\n');
-        }
-        total += text.len();
-        let path = dir.join(format!(
-            "memory/2026-{:02}-{:02}-{f}.md",
-            1 + f % 12,
-            1 + f % 28
-        ));
-        #[allow(clippy::disallowed_methods)] // benchmark fixture
-        std::fs::write(path, text).unwrap();
+/// A fresh process (this binary again) that opens the existing 100k-chunk index and runs 200 hybrid searches:
+/// its RSS is what a worker holds for that index, without the indexing run's allocations.
+async fn rss_child(state: &Path, ws: &Path, url: &str) {
+    let before = rss_mb();
+    let index = MemoryIndex::open(state, "bench", ws, hybrid_config(url)).unwrap();
+    let vocab = vocabulary(8_000);
+    for q in queries(&vocab, 200) {
+        index.search_with_vector(&q, Some(embed(&q))).await.unwrap();
     }
-    total
-}
-
-/// A hashed bag-of-words embedding (what the bench's local embeddings endpoint returns).
-fn embed(text: &str) -> Vec<f32> {
-    let mut v = vec![0.0f32; DIMS];
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.len() > 1)
-    {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in word.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        v[(h % DIMS as u64) as usize] += if h >> 63 == 0 { 1.0 } else { -1.0 };
-    }
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-async fn serve_embeddings() -> (String, tokio::task::JoinHandle<()>) {
-    async fn handler(Json(body): Json<Value>) -> Json<Value> {
-        let inputs: Vec<String> = body["input"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect();
-        let data: Vec<Value> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| json!({"index": i, "embedding": embed(t)}))
-            .collect();
-        Json(
-            json!({"data": data, "model": body["model"], "usage": {"prompt_tokens": 0, "total_tokens": 0}}),
-        )
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let app = Router::new().route("/v1/embeddings", post(handler));
-    (
-        url,
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
-    )
+    println!("{before:.0} {:.0}", rss_mb());
 }
 
 fn rss_mb() -> f64 {
@@ -154,6 +61,13 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, state, ws, url, ..] = args.as_slice()
+        && flag == "--rss-child"
+    {
+        rss_child(Path::new(state), Path::new(ws), url).await;
+        return;
+    }
     let vocab = vocabulary(8_000);
 
     // 1. BM25-only indexing of 10 MB; baseline = the unavoidable part (read, chunk, hash every file).
@@ -195,11 +109,7 @@ async fn main() {
     let (url, server) = serve_embeddings().await;
     let ws = tempfile::tempdir().unwrap();
     write_corpus(ws.path(), 1_000, 25_000, &vocab, 11);
-    let config = MemoryConfig::from_json(&json!({
-        "remote": {"baseUrl": url},
-        "chunking": {"tokens": 64, "overlap": 0},
-    }))
-    .unwrap();
+    let config = hybrid_config(&url);
     let state = tempfile::tempdir().unwrap();
     let rss_before = rss_mb();
     let start = Instant::now();
@@ -214,15 +124,7 @@ async fn main() {
     drop(index);
     // Reopen so RSS reflects a gateway that opens an existing index, then searches it.
     let index = MemoryIndex::open(state.path(), "bench", ws.path(), config).unwrap();
-    let mut rng = Rng(99);
-    let queries: Vec<String> = (0..200)
-        .map(|_| {
-            (0..3)
-                .map(|_| vocab[((vocab.len() as f64) * rng.unit().powi(2)) as usize].clone())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
+    let queries = queries(&vocab, 200);
     for q in queries.iter().take(10) {
         index.search_with_vector(q, Some(embed(q))).await.unwrap();
     }
@@ -256,6 +158,16 @@ async fn main() {
         bm25.push(t.elapsed());
     }
     let rss_open = rss_mb();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--rss-child")
+        .arg(state.path())
+        .arg(ws.path())
+        .arg(&url)
+        .output()
+        .unwrap();
+    let child = String::from_utf8_lossy(&child.stdout);
+    let mut child = child.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    let (child_start, child_open) = (child.next().unwrap(), child.next().unwrap());
 
     // Baseline: the naive approach: every chunk's text and vector in RAM, scanned linearly per query.
     let conn = rusqlite::Connection::open(index.db_path()).unwrap();
@@ -340,6 +252,9 @@ async fn main() {
         rss_open,
         std::fs::metadata(index.db_path()).unwrap().len() as f64 / 1e6,
         rss_mb() - rss_open
+    );
+    println!(
+        "rss_fresh_process: {child_start:.0} MB at start, {child_open:.0} MB with the 100k-chunk index open after 200 hybrid searches"
     );
     server.abort();
 }

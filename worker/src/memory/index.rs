@@ -14,8 +14,9 @@ use super::config::MemoryConfig;
 use super::embed::{Embedder, normalize, to_blob};
 use super::error::{Error, Result};
 use super::files;
+use super::keywords::KeywordIndex;
 use super::schema::{self, IndexMeta};
-use super::search::{Candidate, Hit, Ranking, build_fts_query, merge};
+use super::search::{Candidate, Hit, Ranking, build_fts_query, merge, query_tokens};
 use super::vec_ext;
 use super::vectors::VectorCache;
 
@@ -69,7 +70,9 @@ struct Inner {
     reader: Mutex<Connection>,
     /// Bumped after every committed sync; the vector cache reloads when it lags.
     generation: std::sync::atomic::AtomicU64,
-    vectors: Mutex<Option<VectorCache>>,
+    vectors: Mutex<Option<Arc<VectorCache>>>,
+    /// The in-RAM BM25 copy and the generation it was built at (`None` inside: FTS5 answers, see keywords.rs).
+    keywords: Mutex<Option<(u64, Option<Arc<KeywordIndex>>)>>,
     /// One sync at a time; appends also take it so a read-modify-write never interleaves.
     sync_lock: tokio::sync::Mutex<()>,
 }
@@ -163,6 +166,7 @@ impl MemoryIndex {
                 reader: Mutex::new(reader),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 vectors: Mutex::new(None),
+                keywords: Mutex::new(None),
                 sync_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -744,49 +748,48 @@ impl Inner {
     fn search(&self, query: &str, query_vector: Option<Vec<f32>>) -> Result<Vec<Hit>> {
         let q = &self.config.query;
         let (vector_weight, text_weight) = self.config.weights();
-        let hybrid = q.hybrid.enabled;
         let candidates = q
             .max_results
             .max(1)
             .saturating_mul(q.hybrid.candidate_multiplier.max(1));
-        let limit = i64::try_from(candidates).unwrap_or(i64::MAX);
         let conn = self.read_lock();
         let sql = |op| Error::sql(op, &self.db_path);
 
-        let mut keyword = Vec::new();
-        if let Some(fts) = build_fts_query(query) {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, path, start_line, end_line, text, bm25(chunks_fts) AS rank FROM chunks_fts
-                     WHERE chunks_fts MATCH ?1 ORDER BY rank LIMIT ?2",
-                )
-                .map_err(sql("prepare keyword search"))?;
-            let rows = stmt
-                .query_map(params![fts, limit], |r| {
-                    Ok((candidate(r)?, r.get::<_, f64>(5)?))
-                })
-                .map_err(sql("keyword search"))?;
-            for row in rows {
-                keyword.push(row.map_err(sql("keyword search"))?);
+        let query_vector = query_vector.filter(|_| q.hybrid.enabled);
+        let keywords = self.keyword_index(&conn)?;
+        let keywords = keywords.as_deref();
+        let cache = match &query_vector {
+            Some(_) => Some(self.vector_cache(&conn)?),
+            None => None,
+        };
+        // The two legs run at once: the vector scan in RAM on a scoped thread, FTS5 on this one. Below
+        // `PARALLEL_MIN` vectors the scan is shorter than starting a thread.
+        let (keyword, nearest) = match (query_vector, cache) {
+            (Some(mut qv), Some(cache)) => {
+                normalize(&mut qv);
+                if cache.len() >= PARALLEL_MIN {
+                    std::thread::scope(|s| {
+                        let scan = s.spawn(|| cache.top_k(&qv, candidates));
+                        let keyword = keyword_leg(&conn, keywords, query, candidates);
+                        let nearest = scan
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        (keyword, Some(nearest))
+                    })
+                } else {
+                    let nearest = cache.top_k(&qv, candidates);
+                    (
+                        keyword_leg(&conn, keywords, query, candidates),
+                        Some(nearest),
+                    )
+                }
             }
-        }
+            _ => (keyword_leg(&conn, keywords, query, candidates), None),
+        };
+        let keyword = keyword.map_err(sql("keyword search"))?;
 
         let mut vector = None;
-        if let Some(mut qv) = query_vector.filter(|_| hybrid) {
-            normalize(&mut qv);
-            let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-            let mut cache = self
-                .vectors
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.as_ref().is_none_or(|c| c.generation != generation) {
-                *cache = Some(VectorCache::load(&conn, generation).map_err(sql("load vectors"))?);
-            }
-            let nearest = cache
-                .as_ref()
-                .map(|c| c.top_k(&qv, candidates))
-                .unwrap_or_default();
-            drop(cache);
+        if let Some(nearest) = nearest {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, path, start_line, end_line, text FROM chunks WHERE id = ?1",
@@ -794,7 +797,10 @@ impl Inner {
                 .map_err(sql("prepare vector search"))?;
             let mut hits = Vec::with_capacity(nearest.len());
             for (id, cos) in nearest {
-                if let Some(c) = stmt
+                // A keyword hit already carries the chunk: no second read.
+                if let Some((c, _)) = keyword.iter().find(|(c, _)| c.id == id) {
+                    hits.push((c.clone(), cos));
+                } else if let Some(c) = stmt
                     .query_row([&id], candidate)
                     .optional()
                     .map_err(sql("vector search"))?
@@ -815,6 +821,97 @@ impl Inner {
             },
         ))
     }
+
+    /// The in-RAM BM25 copy for the current index generation (built from `conn` when it lags a sync); `None`
+    /// when the chunks' text needs FTS5's own tokeniser.
+    fn keyword_index(&self, conn: &Connection) -> Result<Option<Arc<KeywordIndex>>> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let mut slot = self
+            .keywords
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built, index)) = slot.as_ref()
+            && *built == generation
+        {
+            return Ok(index.clone());
+        }
+        let index = KeywordIndex::load(conn)
+            .map_err(Error::sql("load keyword index", &self.db_path))?
+            .map(Arc::new);
+        tracing::debug!(
+            chunks = index.as_ref().map(|i| i.len()),
+            bytes = index.as_ref().map(|i| i.heap_bytes()),
+            generation,
+            "memory keyword index loaded"
+        );
+        *slot = Some((generation, index.clone()));
+        Ok(index)
+    }
+
+    /// The in-RAM vector copy for the current index generation, loaded (from `conn`) when it lags a sync.
+    fn vector_cache(&self, conn: &Connection) -> Result<Arc<VectorCache>> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let mut cache = self
+            .vectors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cache.as_ref() {
+            Some(c) if c.generation == generation => Ok(Arc::clone(c)),
+            _ => {
+                let fresh = Arc::new(
+                    VectorCache::load(conn, generation)
+                        .map_err(Error::sql("load vectors", &self.db_path))?,
+                );
+                tracing::debug!(
+                    vectors = fresh.len(),
+                    bytes = fresh.heap_bytes(),
+                    generation,
+                    "memory vector cache loaded"
+                );
+                *cache = Some(Arc::clone(&fresh));
+                Ok(fresh)
+            }
+        }
+    }
+}
+
+/// Vector counts from which the two search legs run on two threads.
+const PARALLEL_MIN: usize = 20_000;
+
+/// The `limit` best BM25 matches for `query`: from the in-RAM index when it can answer exactly, else from
+/// FTS5 (ordering by the `bm25()` expression lets SQLite keep a bounded top-`limit` heap; FTS5's hidden
+/// `rank` column sorts every match and measured slower).
+fn keyword_leg(
+    conn: &Connection,
+    keywords: Option<&KeywordIndex>,
+    query: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(Candidate, f64)>> {
+    let tokens = query_tokens(query);
+    if let Some(top) = keywords.and_then(|k| k.search(&tokens, limit)) {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, path, start_line, end_line, text FROM chunks_fts WHERE rowid = ?1",
+        )?;
+        let mut out = Vec::with_capacity(top.len());
+        for (rowid, score) in top {
+            if let Some(c) = stmt.query_row([rowid], candidate).optional()? {
+                out.push((c, score));
+            }
+        }
+        return Ok(out);
+    }
+    let Some(fts) = build_fts_query(query) else {
+        return Ok(Vec::new());
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, path, start_line, end_line, text, bm25(chunks_fts) AS score FROM chunks_fts
+         WHERE chunks_fts MATCH ?1 ORDER BY score LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![fts, limit], |r| {
+        Ok((candidate(r)?, r.get::<_, f64>(5)?))
+    })?;
+    rows.collect()
 }
 
 fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
