@@ -17,6 +17,7 @@ pub use job::{
 };
 pub use runner::{CronAction, CronEvent, CronService, Executor, NotRun, RunOutcome};
 pub use schedule::{
-    DEFAULT_HEARTBEAT, heartbeat_interval, next_heartbeat_at_ms, next_run_at_ms, parse_cron,
+    CronExpr, DEFAULT_HEARTBEAT, heartbeat_interval, next_heartbeat_at_ms, next_run_at_ms,
+    parse_cron,
 };
 pub use store::{CronStore, RunLogEntry};

@@ -1,10 +1,11 @@
 //! Schedule math as pure functions of "now": next run of `at` / `every` / `cron` schedules, standard 5-field
-//! cron expressions translated for the `cron` crate, and the agent heartbeat interval.
+//! cron expressions translated for the `cron` crate (with Vixie cron's day-of-month OR day-of-week rule, as
+//! Clawdbot's croner applies it), and the agent heartbeat interval.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::error::{Error, Result};
@@ -41,8 +42,7 @@ pub fn next_run_at_ms(
                 });
             };
             Ok(parsed
-                .after(&now.with_timezone(&zone))
-                .next()
+                .next_after(&now.with_timezone(&zone))
                 .map(|t| t.timestamp_millis()))
         }
     }
@@ -77,34 +77,71 @@ fn parse_tz(tz: Option<&str>) -> Result<Tz> {
     }
 }
 
+/// A parsed cron expression. Standard cron (Vixie, and croner in its default legacy mode, which Clawdbot uses)
+/// fires when the day of month OR the day of week matches if both fields are restricted; the `cron` crate ANDs
+/// them. Such an expression is kept as two schedules (days of month with every weekday, weekdays with every day
+/// of month) and fires at the earlier of the two.
+#[derive(Debug, Clone)]
+pub struct CronExpr {
+    alternatives: Vec<cron::Schedule>,
+}
+
+impl CronExpr {
+    /// The first firing strictly after `t`.
+    pub fn next_after(&self, t: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+        self.alternatives
+            .iter()
+            .filter_map(|s| s.after(t).next())
+            .min()
+    }
+}
+
 /// Parses a standard cron expression: 5 fields (`min hour dom mon dow`, Sunday = 0 or 7) get a leading
 /// seconds field of `0`; 6 fields are taken as seconds-first. Day-of-week numbers are translated to the
 /// `cron` crate's numbering (Sunday = 1); names (`MON`) and `@daily`-style macros pass through.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule> {
+pub fn parse_cron(expr: &str) -> Result<CronExpr> {
     let err = |reason: String| Error::Schedule {
         expr: expr.to_owned(),
         reason,
     };
-    let trimmed = expr.trim();
-    let translated = if trimmed.starts_with('@') {
-        trimmed.to_owned()
-    } else {
-        let mut fields: Vec<String> = trimmed.split_whitespace().map(str::to_owned).collect();
-        match fields.len() {
-            5 => fields.insert(0, "0".to_owned()),
-            6 => {}
-            n => {
-                return Err(err(format!(
-                    "expected 5 fields (or 6 with seconds), got {n}"
-                )));
-            }
-        }
-        fields[5] = translate_day_of_week(&fields[5]).map_err(err)?;
-        fields.join(" ")
+    let compile = |text: &str| {
+        cron::Schedule::from_str(text).map_err(|e| Error::Schedule {
+            expr: expr.to_owned(),
+            reason: e.to_string(),
+        })
     };
-    cron::Schedule::from_str(&translated).map_err(|e| Error::Schedule {
-        expr: expr.to_owned(),
-        reason: e.to_string(),
+    let trimmed = expr.trim();
+    if trimmed.starts_with('@') {
+        return Ok(CronExpr {
+            alternatives: vec![compile(trimmed)?],
+        });
+    }
+    let mut fields: Vec<String> = trimmed.split_whitespace().map(str::to_owned).collect();
+    match fields.len() {
+        5 => fields.insert(0, "0".to_owned()),
+        6 => {}
+        n => {
+            return Err(err(format!(
+                "expected 5 fields (or 6 with seconds), got {n}"
+            )));
+        }
+    }
+    fields[5] = translate_day_of_week(&fields[5]).map_err(err)?;
+    let unrestricted = |f: &str| f == "*" || f == "?";
+    if unrestricted(&fields[3]) || unrestricted(&fields[5]) {
+        return Ok(CronExpr {
+            alternatives: vec![compile(&fields.join(" "))?],
+        });
+    }
+    let mut by_month_day = fields.clone();
+    by_month_day[5] = "*".to_owned();
+    let mut by_week_day = fields;
+    by_week_day[3] = "*".to_owned();
+    Ok(CronExpr {
+        alternatives: vec![
+            compile(&by_month_day.join(" "))?,
+            compile(&by_week_day.join(" "))?,
+        ],
     })
 }
 
@@ -277,6 +314,36 @@ mod tests {
             next_run_at_ms(&s, ms("2026-01-01T00:00:01Z"), 0).unwrap(),
             Some(ms("2026-01-01T00:00:10Z"))
         );
+    }
+
+    #[test]
+    fn day_of_month_and_day_of_week_both_restricted_fire_on_either() {
+        // The 1st of the month OR any Monday, like Vixie cron and croner. 2026-06-01 is a Monday,
+        // 2026-06-08 the next Monday, 2026-07-01 a Wednesday.
+        let s = cron("0 9 1 * 1", None);
+        let runs: Vec<i64> = std::iter::successors(
+            next_run_at_ms(&s, ms("2026-05-30T00:00:00Z"), 0).unwrap(),
+            |&t| next_run_at_ms(&s, t, 0).unwrap(),
+        )
+        .take(6)
+        .collect();
+        let want = [
+            "2026-06-01T09:00:00Z",
+            "2026-06-08T09:00:00Z",
+            "2026-06-15T09:00:00Z",
+            "2026-06-22T09:00:00Z",
+            "2026-06-29T09:00:00Z",
+            "2026-07-01T09:00:00Z",
+        ];
+        assert_eq!(runs, want.map(ms).to_vec());
+        // Only one field restricted: no OR, the other is "every".
+        let s = cron("0 9 13 * *", None);
+        assert_eq!(
+            next_run_at_ms(&s, ms("2026-06-01T00:00:00Z"), 0).unwrap(),
+            Some(ms("2026-06-13T09:00:00Z"))
+        );
+        // A bad day-of-month is still refused when the day of week is restricted too.
+        assert!(validate_schedule(&cron("0 9 32 * 1", None)).is_err());
     }
 
     #[test]
