@@ -1,6 +1,6 @@
 //! The real Clawdbot (`clawdbot@2026.1.24-3`, installed by `tests/install-clawdbot.sh`) against our worker: its CLI
 //! calls `health`, `agents.list`, `chat.send`, `chat.history` on `wirebot-worker`, and the real Clawdbot gateway and
-//! `wirebot-worker` share one state directory (sessions written by one are listed by the other).
+//! `wirebot-worker` share one state directory (sessions and cron jobs written by one are listed by the other).
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -147,13 +147,42 @@ async fn clawdbot_cli_calls_health_agents_chat_send_and_history_on_our_worker() 
     assert_eq!(msgs.len(), 2, "{hist}");
     assert_eq!(msgs[0]["content"][0]["text"], "hi from the clawdbot cli");
     assert_eq!(msgs[1]["content"][0]["text"], "hello to the clawdbot cli");
+    // `clawdbot gateway call cron.list` reads the jobs our worker keeps, in Clawdbot's shape.
+    let added = c
+        .call_ok(
+            "cron.add",
+            json!({"name": "standup", "schedule": {"kind": "cron", "expr": "30 8 * * 1-5",
+        "tz": "Europe/Berlin"}, "sessionTarget": "isolated", "wakeMode": "now",
+        "payload": {"kind": "agentTurn", "message": "Run the daily standup."}}),
+        )
+        .await;
+    let id = added["id"].as_str().unwrap().to_owned();
+    let (install2, runp) = (install.clone(), run.path().to_path_buf());
+    let listed =
+        tokio::task::spawn_blocking(move || cli(&install2, &runp, port, "cron.list", json!({})))
+            .await
+            .unwrap();
+    let jobs = listed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{listed}");
+    assert_eq!(jobs[0]["id"], id.as_str());
+    assert_eq!(jobs[0]["name"], "standup");
+    assert_eq!(
+        jobs[0]["schedule"],
+        json!({"kind": "cron", "expr": "30 8 * * 1-5", "tz": "Europe/Berlin"})
+    );
+    assert_eq!(jobs[0]["payload"]["kind"], "agentTurn");
+    assert!(
+        jobs[0]["state"]["nextRunAtMs"].as_i64().unwrap() > now_ms(),
+        "{listed}"
+    );
+    drop(c);
     // The CLI left nothing in the worker's state dir beyond what the worker wrote.
     let mut names: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["agents", "clawdbot.json"]);
+    assert_eq!(names, ["agents", "clawdbot.json", "cron"]);
 }
 
 /// A real Clawdbot gateway on `state`, killed on drop.
@@ -282,6 +311,11 @@ async fn clawdbot_gateway_and_our_worker_share_a_state_dir() {
     );
     c.call_ok("chat.send", json!({"sessionKey": "agent:main:wirebot-side", "message": "written by wirebot", "idempotencyKey": "wb-1"})).await;
     c.wait_chat("wb-1", "final", T).await;
+    let job = c.call_ok("cron.add", json!({"name": "weekly reflection", "schedule": {"kind": "cron",
+        "expr": "0 17 * * 5", "tz": "America/New_York"}, "sessionTarget": "main", "wakeMode": "next-heartbeat",
+        "payload": {"kind": "systemEvent", "text": "Time for the weekly reflection."}})).await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let next_run = job["state"]["nextRunAtMs"].as_i64().unwrap();
     drop(c);
     drop(w);
 
@@ -311,4 +345,16 @@ async fn clawdbot_gateway_and_our_worker_share_a_state_dir() {
         hist["messages"][0]["content"][0]["text"], "written by wirebot",
         "{hist}"
     );
+    // …and the cron job our worker wrote to cron/jobs.json, with the next run we computed.
+    let jobs = c.call_ok("cron.list", json!({})).await;
+    let theirs = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("clawdbot does not list our job {job_id}: {jobs}"));
+    assert_eq!(theirs["name"], "weekly reflection");
+    assert_eq!(theirs["payload"]["text"], "Time for the weekly reflection.");
+    assert_eq!(theirs["state"]["nextRunAtMs"], next_run, "{theirs}");
 }

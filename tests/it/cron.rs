@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tests::worker::now_ms;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -37,16 +38,6 @@ async fn next_finished(rx: &mut tokio::sync::broadcast::Receiver<CronEvent>) -> 
     })
     .await
     .expect("no cron run finished within 20 s")
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

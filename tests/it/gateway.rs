@@ -287,7 +287,7 @@ async fn device_identity_signature_is_verified_and_device_token_works() {
     let pk = sk.verifying_key().to_bytes();
     let id = hex::encode(sha2::Sha256::digest(pk));
     let connect = |nonce: &str, token: &str, tamper: bool| {
-        let signed_at = chrono_ms();
+        let signed_at = now_ms();
         let payload =
             format!("v2|{id}|cli|cli|operator|operator.admin|{signed_at}|{token}|{nonce}");
         let mut sig = sk.sign(payload.as_bytes()).to_bytes();
@@ -332,16 +332,6 @@ async fn device_identity_signature_is_verified_and_device_token_works() {
     raw.send_json(&json!({"type": "req", "id": "c", "method": "connect", "params": connect("old-nonce", TOKEN, false)})).await.unwrap();
     let (_, seen) = raw.recv_until_close(T).await;
     assert_eq!(seen[0]["error"]["message"], "device nonce mismatch");
-}
-
-fn chrono_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 // ---------------------------------------------------------------- read methods

@@ -605,3 +605,14 @@ pub fn transcript_user_texts(state_dir: &Path, agent: &str, key: &str) -> Vec<St
         })
         .collect()
 }
+
+/// Wall-clock milliseconds since the epoch, the unit of `nextRunAtMs`, `ts` and cron fields.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
