@@ -585,6 +585,68 @@ mod tests {
         );
     }
 
+    /// A pure-v2 host cannot be had on this hybrid one (its controllers are bound to v1), so the unified hierarchy is
+    /// a directory laid out like cgroupfs: the files the kernel would create exist, and the test reads what we wrote.
+    #[test]
+    fn pure_v2_enables_controllers_down_to_the_worker_and_writes_v2_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("wirebot.service");
+        let worker = own.join(WORKERS_DIR).join("ann");
+        fs::create_dir_all(&worker).unwrap();
+        for f in [
+            own.join("cgroup.subtree_control"),
+            own.join(WORKERS_DIR).join("cgroup.subtree_control"),
+            worker.join("cgroup.procs"),
+            worker.join("memory.max"),
+            worker.join("memory.swap.max"),
+            worker.join("pids.max"),
+            worker.join("cpu.max"),
+        ] {
+            fs::File::create(f).unwrap();
+        }
+        let mi = format!(
+            "29 23 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+            root.path().display()
+        );
+        let parsed = CgroupLayout::parse(&mi, "0::/wirebot.service\n").unwrap();
+        let layout = CgroupLayout {
+            v2_controllers: vec![
+                "cpuset".into(),
+                "cpu".into(),
+                "memory".into(),
+                "pids".into(),
+            ],
+            ..parsed
+        };
+        assert!(!layout.is_v1());
+        let limits = ResourceLimits {
+            memory_bytes: Some(256 << 20),
+            pids: Some(64),
+            cpu_percent: Some(50),
+        };
+        let set = layout.create("ann", &limits).unwrap();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(
+            read(own.join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            read(own.join(WORKERS_DIR).join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(read(worker.join("memory.max")), (256u64 << 20).to_string());
+        assert_eq!(read(worker.join("memory.swap.max")), "0");
+        assert_eq!(read(worker.join("pids.max")), "64");
+        assert_eq!(read(worker.join("cpu.max")), "50000 100000");
+        assert_eq!(set.procs_files(), vec![worker.join("cgroup.procs")]);
+        // Only what the limits ask for is enabled: no controller for an unlimited resource.
+        let none = layout.v2_controllers_needed(&ResourceLimits {
+            pids: Some(8),
+            ..ResourceLimits::default()
+        });
+        assert_eq!(none, ["pids"]);
+    }
+
     #[test]
     fn mount_root_is_stripped() {
         assert_eq!(
