@@ -129,7 +129,9 @@ async fn serve_listener(
     limit: Arc<Semaphore>,
     mut worker: Option<Worker>,
 ) -> bool {
-    let shutdown = proxy.shutdown.clone();
+    // This loop's own node under the proxy's token: its connections wait on it between requests, so they never
+    // contend with the other threads' connections for one shared waiter list.
+    let shutdown = proxy.shutdown.child_token();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -152,7 +154,7 @@ async fn serve_listener(
                 match TcpStream::from_std(h.stream) {
                     Ok(stream) => {
                         let guard = worker.as_ref().map(Worker::adopted);
-                        connections.spawn(serve(Arc::clone(&proxy), builder.clone(), stream, h.peer, h.permit, guard));
+                        connections.spawn(serve(Arc::clone(&proxy), builder.clone(), stream, h.peer, h.permit, guard, shutdown.clone()));
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot adopt a handed-off connection"),
                 }
@@ -197,6 +199,7 @@ async fn serve_listener(
             peer,
             permit,
             guard,
+            shutdown.clone(),
         ));
     }
     drop(listener);
@@ -218,9 +221,10 @@ async fn serve(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
     _load: Option<LoadGuard>,
+    shutdown: CancellationToken,
 ) {
     proxy.metrics.connection_opened();
-    fast::serve(Arc::clone(&proxy), builder, stream, peer).await;
+    fast::serve(Arc::clone(&proxy), builder, stream, peer, shutdown).await;
     proxy.metrics.connection_closed();
 }
 
