@@ -103,6 +103,9 @@ struct ChangedFile {
     chunks: Vec<(String, Chunk)>,
     /// Same content, new mtime/size: only the `files` row is updated.
     touched_only: bool,
+    /// The index holds rows of an older version of this file, to delete first. FTS5 can find a file's rows only by
+    /// scanning the whole table (`path` is an unindexed column in Clawdbot's schema), so a new file skips that.
+    was_indexed: bool,
 }
 
 fn valid_agent_id(id: &str) -> bool {
@@ -487,6 +490,7 @@ impl Inner {
                     size,
                     chunks: Vec::new(),
                     touched_only: true,
+                    was_indexed: true,
                 });
                 plan.unchanged += 1;
                 continue;
@@ -501,6 +505,7 @@ impl Inner {
             .filter(|c| !c.text.trim().is_empty())
             .map(|c| (chunk_id(SOURCE, &rel, &c, &wanted.model), c))
             .collect();
+            let was_indexed = indexed.contains_key(&rel);
             plan.changed.push(ChangedFile {
                 rel,
                 hash,
@@ -508,6 +513,7 @@ impl Inner {
                 size,
                 chunks,
                 touched_only: false,
+                was_indexed,
             });
         }
         plan.removed = indexed
@@ -596,7 +602,8 @@ impl Inner {
         let meta = schema::read_meta(&tx)
             .map_err(sql("read meta"))?
             .filter(|m| m.same_build(wanted) && !plan.full_reindex);
-        if meta.is_none() {
+        let cleared = meta.is_none();
+        if cleared {
             schema::clear_index(&tx).map_err(sql("clear index"))?;
         }
         let mut dims = meta.as_ref().and_then(|m| m.vector_dims);
@@ -676,7 +683,7 @@ impl Inner {
             }
             let now = now_ms();
             for file in plan.changed {
-                if !file.touched_only {
+                if !file.touched_only && file.was_indexed && !cleared {
                     remove(&file.rel, &mut del_vec, &mut del_fts, &mut del_chunks)?;
                 }
                 for (id, chunk) in &file.chunks {
