@@ -9,15 +9,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::server::conn::http1;
-use nix::sys::socket::MsgFlags;
 use provisioning::Tier;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -677,38 +675,8 @@ impl Buf {
             }
             self.data.resize(grown, 0);
         }
-        let n = read_drained(s, &mut self.data[self.end..]).await?;
+        let n = s.read(&mut self.data[self.end..]).await?;
         self.end += n;
         Ok(n)
-    }
-}
-
-/// Reads once. A read that leaves the socket drained (fewer bytes than asked for) also drops the readiness the
-/// reactor remembered, so the next read waits for epoll's next edge instead of paying a `recv` that can only say
-/// EAGAIN: one system call less per read on a keep-alive connection (two per proxied request). Safe against a race:
-/// tokio clears readiness only if no newer epoll event arrived since this read was attempted.
-async fn read_drained(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = s.as_raw_fd();
-    loop {
-        s.readable().await?;
-        let mut got = None;
-        let attempt = s.try_io(Interest::READABLE, || {
-            let n = nix::sys::socket::recv(fd, buf, MsgFlags::empty()).map_err(io::Error::from)?;
-            got = Some(n);
-            if n > 0 && n < buf.len() {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match (attempt, got) {
-            (Ok(n), _) | (Err(_), Some(n)) => return Ok(n),
-            (Err(e), None)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            (Err(e), None) => return Err(e),
-        }
     }
 }
