@@ -95,8 +95,11 @@ pub struct App {
     pub metrics: Arc<ProxyMetrics>,
     /// Shard internal tokens (read from or written to each shard's `clawdbot.json`), see `shared.rs`.
     pub shard_tokens: Mutex<HashMap<u32, provisioning::Secret>>,
-    /// Serialises shard agent-list changes (placement, config rewrite, reload) across members.
+    /// Serialises shard agent-list changes (placement and config rewrite) across members; the reload that applies
+    /// them is awaited outside it, so one reload can serve every change queued behind it.
     pub shard_lock: tokio::sync::Mutex<()>,
+    /// The hash of the `clawdbot.json` last written per shard: a shard reporting it has applied every earlier write.
+    pub shard_hashes: Mutex<HashMap<u32, String>>,
     /// The webhook receiver's state, when `[webhooks] secrets_file` is configured.
     pub webhooks: Option<crate::webhook::WebhookState>,
     /// The reconciler's end of the webhook channel and the store, taken once by [`run`].
@@ -312,6 +315,7 @@ pub fn prepare(mut config: Config, options: ServeOptions) -> Result<App, Error> 
         metrics: Arc::new(ProxyMetrics::new()),
         shard_tokens: Mutex::new(HashMap::new()),
         shard_lock: tokio::sync::Mutex::new(()),
+        shard_hashes: Mutex::new(HashMap::new()),
         webhooks,
         reconcile: Mutex::new(reconcile),
         _lock: lock,

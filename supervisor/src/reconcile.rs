@@ -1,13 +1,15 @@
 //! The minimal webhook reconciler: one task consuming [`ReconcileRequest`]s (and, at start, the operations a previous
 //! daemon left pending) and converging each member through `users.rs` and the worker manager: create with its tier,
 //! change tier, suspend (stop the worker, unbind), delete (stop, archive, tombstone). Each operation is marked done or
-//! failed in the webhook store. Requests are applied one at a time, in arrival order (so one per member in flight).
+//! failed in the webhook store. Up to [`MAX_IN_FLIGHT`] operations of different members run at once; a member's
+//! requests run one at a time, in arrival order (a later one waits for the one in flight, then supersedes it).
 //!
 //! A failed operation is retried with back-off (1 s doubling to 5 min, ±20 % jitter, at most [`MAX_ATTEMPTS`]); a newer
 //! desired state for the member supersedes it. Attempts and the next attempt's time are persisted, so a restarted daemon
 //! keeps the schedule (one that had given up is re-driven once more). Failed operations show in `wirebot status`, each
 //! one in `wirebot op show`. Drift repair (`wirebot reconcile`) is `drift.rs`.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 
 use provisioning::Tier;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::daemon::App;
 use crate::error::Error;
@@ -36,6 +39,10 @@ async fn blocking<T: Send + 'static>(
 
 /// Attempts per operation before it stays `failed` (until the member's next desired state or a daemon restart).
 pub const MAX_ATTEMPTS: u32 = 12;
+
+/// Operations of different members converging at once: a `members.sync` burst is bound by shard reloads and sandboxed
+/// spawns, which overlap well (one shard reload serves every placement written before it).
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Delay before attempt `attempt + 1`: 1 s doubling, capped at 5 min, with ±20 % jitter so that many members failing
 /// together (a full disk, say) do not retry in lockstep.
@@ -62,9 +69,68 @@ struct Retry {
     request: ReconcileRequest,
 }
 
-/// Runs until shutdown: pending operations first, then every new request and every due retry.
+/// Operations in flight, one per member at most, and those waiting for a slot or for their member's previous one.
+struct Flight {
+    running: JoinSet<Option<Retry>>,
+    /// The member of each running attempt.
+    tasks: HashMap<tokio::task::Id, provisioning::UserId>,
+    busy: HashSet<provisioning::UserId>,
+    waiting: VecDeque<(ReconcileRequest, u32)>,
+}
+
+impl Flight {
+    fn new() -> Flight {
+        Flight {
+            running: JoinSet::new(),
+            tasks: HashMap::new(),
+            busy: HashSet::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Starts attempt `number` of `request` now, or queues it behind the member's running one or a full house.
+    fn submit(
+        &mut self,
+        app: &Arc<App>,
+        store: &Arc<Store>,
+        request: ReconcileRequest,
+        number: u32,
+    ) {
+        if self.busy.contains(&request.user_id) || self.running.len() >= MAX_IN_FLIGHT {
+            self.waiting.push_back((request, number));
+            return;
+        }
+        self.busy.insert(request.user_id.clone());
+        let user = request.user_id.clone();
+        let (app, store) = (app.clone(), store.clone());
+        let task = self
+            .running
+            .spawn(async move { attempt(&app, &store, request, number).await });
+        self.tasks.insert(task.id(), user);
+    }
+
+    /// After attempt `task` ended: frees its member and starts what was waiting, in arrival order.
+    fn finished(&mut self, app: &Arc<App>, store: &Arc<Store>, task: tokio::task::Id) {
+        if let Some(user) = self.tasks.remove(&task) {
+            self.busy.remove(&user);
+        }
+        let mut still = VecDeque::new();
+        while let Some((request, number)) = self.waiting.pop_front() {
+            if self.running.len() < MAX_IN_FLIGHT && !self.busy.contains(&request.user_id) {
+                self.submit(app, store, request, number);
+            } else {
+                still.push_back((request, number));
+            }
+        }
+        self.waiting = still;
+    }
+}
+
+/// Runs until shutdown: pending operations first, then every new request and every due retry. At shutdown it stops
+/// taking work and lets the attempts in flight finish (an attempt is not cancelled halfway through its steps).
 pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<ReconcileRequest>) {
     let mut retries: Vec<Retry> = Vec::new();
+    let mut flight = Flight::new();
     let pending = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.pending_operations()).await
@@ -93,7 +159,7 @@ pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<Reconc
                         } else {
                             attempts + 1
                         };
-                        attempt(&app, &store, request, number, &mut retries).await;
+                        flight.submit(&app, &store, request, number);
                     }
                 }
             }
@@ -114,44 +180,67 @@ pub async fn run(app: Arc<App>, store: Arc<Store>, mut rx: mpsc::Receiver<Reconc
                 Some(request) => {
                     // A newer desired state for the member replaces its waiting retry.
                     retries.retain(|w| w.request.user_id != request.user_id);
-                    attempt(&app, &store, request, 1, &mut retries).await;
+                    flight.submit(&app, &store, request, 1);
                 }
-                None => return,
+                None => break,
             },
+            Some(done) = flight.running.join_next_with_id() => {
+                let (task, retry) = match done {
+                    Ok((task, retry)) => (task, retry),
+                    Err(e) => {
+                        // Still `running` in the store: the next daemon start re-drives it.
+                        tracing::error!(error = %e, "a webhook operation panicked");
+                        (e.id(), None)
+                    }
+                };
+                // A request for the member that arrived meanwhile supersedes the retry.
+                let superseded = flight
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|user| flight.waiting.iter().any(|(r, _)| r.user_id == *user));
+                if let Some(retry) = retry.filter(|_| !superseded) {
+                    retries.push(retry);
+                }
+                flight.finished(&app, &store, task);
+            }
             () = sleep => {
                 let now = Instant::now();
                 let (due, waiting): (Vec<Retry>, Vec<Retry>) = retries.drain(..).partition(|w| w.due <= now);
                 retries = waiting;
                 for w in due {
-                    attempt(&app, &store, w.request, w.attempt, &mut retries).await;
+                    flight.submit(&app, &store, w.request, w.attempt);
                 }
             }
-            _ = app.shutdown.cancelled() => return,
+            _ = app.shutdown.cancelled() => break,
         }
     }
+    while flight.running.join_next().await.is_some() {}
 }
 
-/// One attempt; schedules the next one when it failed and attempts remain.
+/// One attempt; returns the next one when it failed and attempts remain.
 async fn attempt(
     app: &Arc<App>,
     store: &Arc<Store>,
     request: ReconcileRequest,
     number: u32,
-    retries: &mut Vec<Retry>,
-) {
-    if let Attempt::Failed(retry_in) = apply(app, store, request.clone(), number).await {
-        match retry_in {
-            Some(delay) => {
-                tracing::info!(user_id = %request.user_id, attempt = number, retry_in = ?delay,
-                    "webhook operation failed; retrying");
-                retries.push(Retry {
-                    due: Instant::now() + delay,
-                    attempt: number + 1,
-                    request,
-                });
-            }
-            None => tracing::error!(user_id = %request.user_id, attempts = number,
-                "webhook operation failed for good; the member's next change or a restart retries it"),
+) -> Option<Retry> {
+    let Attempt::Failed(retry_in) = apply(app, store, request.clone(), number).await else {
+        return None;
+    };
+    match retry_in {
+        Some(delay) => {
+            tracing::info!(user_id = %request.user_id, attempt = number, retry_in = ?delay,
+                "webhook operation failed; retrying");
+            Some(Retry {
+                due: Instant::now() + delay,
+                attempt: number + 1,
+                request,
+            })
+        }
+        None => {
+            tracing::error!(user_id = %request.user_id, attempts = number,
+                "webhook operation failed for good; the member's next change or a restart retries it");
+            None
         }
     }
 }

@@ -256,7 +256,12 @@ fn write_config(app: &App, shard: &ShardRow) -> Result<String, Error> {
             }
         })?;
     }
-    Ok(hash_hex(&bytes))
+    let hash = hash_hex(&bytes);
+    app.shard_hashes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(n, hash.clone());
+    Ok(hash)
 }
 
 /// The worker spec of shard `n` (`None` when not root: no workers at all then).
@@ -376,7 +381,8 @@ pub async fn reload_member_jobs(app: &Arc<App>, user: &UserId) -> Result<(), Err
 }
 
 /// Makes the running shard apply `hash`: starts it if needed (it then reads the file as written), else SIGHUP and
-/// poll `/healthz` until it reports `hash`.
+/// poll `/healthz` until it reports `hash` or the hash of a later write (which holds this change too: every write
+/// renders the whole agent list from the registry under `shard_lock`).
 async fn apply(app: &Arc<App>, n: u32, hash: String) -> Result<(), Error> {
     let Some(manager) = app.workers.clone() else {
         return Ok(());
@@ -397,7 +403,13 @@ async fn apply(app: &Arc<App>, n: u32, hash: String) -> Result<(), Error> {
         let current = tokio::task::spawn_blocking(move || config_hash(addr))
             .await
             .map_err(Error::Join)?;
-        if current.as_deref() == Some(hash.as_str()) {
+        let latest = app
+            .shard_hashes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&n)
+            .cloned();
+        if current.is_some() && (current.as_deref() == Some(hash.as_str()) || current == latest) {
             return Ok(());
         }
         if !signalled {
@@ -419,7 +431,7 @@ async fn apply(app: &Arc<App>, n: u32, hash: String) -> Result<(), Error> {
 
 /// Puts a shared member on a shard (placing it on one with room, or a new one) and returns once the shard serves it.
 pub async fn ensure_member(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
-    let _serial = app.shard_lock.lock().await;
+    let serial = app.shard_lock.lock().await;
     let (shard, created, hash) = blocking({
         let app = app.clone();
         let user = user.clone();
@@ -445,6 +457,7 @@ pub async fn ensure_member(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
         manager.register(spec).await;
     }
     crate::routes::rebuild_logged(app).await;
+    drop(serial);
     apply(app, shard.shard, hash).await?;
     tracing::info!(user_id = %user, shard = shard.shard, "shared member served by its shard");
     Ok(())
@@ -453,7 +466,7 @@ pub async fn ensure_member(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
 /// Takes a member off its shard (removal, suspension, move to dedicated) and returns once the shard dropped it. A
 /// no-op for members on no shard.
 pub async fn remove_member(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
-    let _serial = app.shard_lock.lock().await;
+    let serial = app.shard_lock.lock().await;
     let removed = blocking({
         let app = app.clone();
         let user = user.clone();
@@ -471,6 +484,7 @@ pub async fn remove_member(app: &Arc<App>, user: &UserId) -> Result<(), Error> {
         return Ok(());
     };
     crate::routes::rebuild_logged(app).await;
+    drop(serial);
     apply(app, n, hash).await?;
     tracing::info!(user_id = %user, shard = n, "shared member removed from its shard");
     Ok(())

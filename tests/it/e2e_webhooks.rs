@@ -78,6 +78,19 @@ fn write_secrets(path: &std::path::Path) {
     f.sync_all().unwrap();
 }
 
+/// The daemon on `dir` with the receiver mounted on its admin socket (secrets in `dir`).
+fn with_webhooks(dir: &std::path::Path) -> Supervisor {
+    let secrets = dir.join("webhook-secrets.toml");
+    write_secrets(&secrets);
+    Supervisor::start_with(
+        dir,
+        Options::default().set(
+            "webhooks.secrets_file",
+            &format!("{:?}", secrets.display().to_string()),
+        ),
+    )
+}
+
 #[test]
 fn the_separate_webhook_listener_serves_only_the_webhook_routes() {
     let dir = state_root();
@@ -106,15 +119,7 @@ fn the_separate_webhook_listener_serves_only_the_webhook_routes() {
 fn a_signed_member_created_provisions_a_served_member_and_delete_archives_it() {
     tests::require_root!();
     let dir = state_root();
-    let secrets = dir.path().join("webhook-secrets.toml");
-    write_secrets(&secrets);
-    let sup = Supervisor::start_with(
-        dir.path(),
-        Options::default().set(
-            "webhooks.secrets_file",
-            &format!("{:?}", secrets.display().to_string()),
-        ),
-    );
+    let sup = with_webhooks(dir.path());
 
     // A forged signature changes nothing.
     let body = b"{}";
@@ -207,15 +212,7 @@ fn a_signed_member_created_provisions_a_served_member_and_delete_archives_it() {
 #[test]
 fn a_failed_operation_is_retried_with_back_off_and_shown_in_status_until_it_succeeds() {
     let dir = state_root();
-    let secrets = dir.path().join("webhook-secrets.toml");
-    write_secrets(&secrets);
-    let sup = Supervisor::start_with(
-        dir.path(),
-        Options::default().set(
-            "webhooks.secrets_file",
-            &format!("{:?}", secrets.display().to_string()),
-        ),
-    );
+    let sup = with_webhooks(dir.path());
     // A real provisioning failure: a regular file where the member's runtime dir must go.
     let users_run = sup.runtime_dir().join("users");
     std::fs::create_dir_all(&users_run).unwrap();
@@ -370,4 +367,99 @@ fn a_restarted_daemon_keeps_the_persisted_retry_schedule_of_a_failed_operation()
         sup.registry_users(),
         vec![("wp42".to_owned(), "shared".to_owned())]
     );
+}
+
+/// Operations of different members converge concurrently, one member's run one at a time in arrival order: a
+/// `members.sync` of 24 members (16 shared, 8 dedicated) and, right behind it, two changes of one member (to
+/// dedicated, then back to shared) end with every operation done or superseded, every member where its last desired
+/// state puts it, and no drift.
+#[test]
+fn a_sync_burst_converges_concurrently_and_a_members_last_change_wins() {
+    tests::require_root!();
+    let dir = state_root();
+    let sup = with_webhooks(dir.path());
+    let tier = |wp: u64| {
+        if wp.is_multiple_of(3) {
+            "dedicated"
+        } else {
+            "shared"
+        }
+    };
+    let members: Vec<serde_json::Value> = (100..124)
+        .map(|wp| json!({"user": {"wp_user_id": wp}, "seq": 1, "state": {"status": "active", "tier": tier(wp)}}))
+        .collect();
+    let post = |id: &str, body: String| {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let signature = sign(id, ts, body.as_bytes());
+        let ts = ts.to_string();
+        sup.api_raw(
+            "POST",
+            "/v1/webhooks/wordpress",
+            &[
+                ("content-type", "application/json"),
+                ("webhook-id", id),
+                ("webhook-timestamp", &ts),
+                ("webhook-signature", &signature),
+            ],
+            body.as_bytes(),
+        )
+        .status
+    };
+    let sync = json!({"type": "members.sync", "timestamp": "2026-12-07T08:00:00Z",
+        "data": {"site": SITE, "members": members}});
+    assert!([200, 202].contains(&post("evt_01JDQ000000000000000000500", sync.to_string())));
+    // wp101 (shared) changes twice while the burst converges: dedicated, then shared again.
+    for (n, seq, t) in [(501, 2, "dedicated"), (502, 3, "shared")] {
+        let change = json!({"type": "member.updated", "timestamp": "2026-12-07T08:00:01Z",
+            "data": {"site": SITE, "user": {"wp_user_id": 101}, "seq": seq, "state": {"status": "active", "tier": t}}});
+        assert_eq!(post(&format!("evt_01JDQ{n:021}"), change.to_string()), 202);
+    }
+    let states = || -> Vec<(String, i64)> {
+        let db = sup.registry();
+        let mut stmt = db
+            .prepare("SELECT state, COUNT(*) FROM webhook_operations GROUP BY state ORDER BY state")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    eventually("every operation is done or superseded", || {
+        states()
+            .iter()
+            .all(|(s, _)| s == "done" || s == "superseded")
+    });
+    let states = states();
+    let total: i64 = states.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 26, "{states:?}");
+    let placed: Vec<String> = {
+        let db = sup.registry();
+        let mut stmt = db.prepare("SELECT user_id FROM shard_members").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    for wp in 100..124u64 {
+        let id = format!("wp{wp}");
+        let worker = worker_of(&sup, &id);
+        if tier(wp) == "dedicated" {
+            assert!(
+                worker
+                    .as_ref()
+                    .is_some_and(|w| w["state"] == "ready" || w["state"] == "running"),
+                "{id}: {worker:?}"
+            );
+            assert!(!placed.contains(&id), "{id} is on a shard");
+        } else {
+            assert!(placed.contains(&id), "{id} is not on a shard: {placed:?}");
+            assert!(worker.is_none(), "{id} kept a dedicated worker: {worker:?}");
+        }
+    }
+    eventually("no drift is left", || {
+        sup.cli(["reconcile", "--dry-run"]).ok().stdout.trim() == "no drift"
+    });
 }
