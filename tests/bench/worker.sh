@@ -11,7 +11,10 @@ RUNS="${RUNS:-20}"; TOKENS="${TOKENS:-2000}"; IDLE="${IDLE:-30}"
 cargo build --release -q -p worker --bin wirebot-worker --manifest-path "$here/Cargo.toml"
 bin="$target/release/wirebot-worker"
 work="$(mktemp -d)"; pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# A process and its descendants, children first (Clawdbot's gateway is a grandchild of the pid we start: ending only
+# the launcher left it running after the benchmark).
+kill_tree() { local c; for c in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$c"; done; kill "$1" 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do kill_tree "$p"; done; rm -rf "$work"; }
 trap cleanup EXIT
 TOKEN=bench-token-0123456789
 node=""; [ -x "$cb/venv/bin/node" ] && node="$cb/venv/bin/node"
