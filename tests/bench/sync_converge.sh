@@ -9,42 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-1000}"
 EVERY="${2:-3}"
-[ "$(id -u)" = 0 ] || { echo "needs root (tenant uids, cgroups)"; exit 1; }
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet -p supervisor -p worker --bins
-WIREBOT="$(realpath "$TARGET_DIR/release/wirebot")"
-WORK="$(mktemp -d "$(realpath "$TARGET_DIR")/bench-sync.XXXXXX")"
-chmod 711 "$WORK"
-cleanup() {
-    [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null
-    wait 2>/dev/null || true
-    for p in /proc/[0-9]*; do
-        case "$(readlink "$p/cwd" 2>/dev/null)" in "$WORK"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-SITE="https://network.example"
-printf '[[sites]]\nurl = "%s"\nsecrets = ["%s"]\n' "$SITE" "$SECRET" > "$WORK/secrets.toml"
-chmod 600 "$WORK/secrets.toml"
-cat > "$WORK/wirebot.toml" <<TOML
-data_dir = "$WORK/data"
-runtime_dir = "$WORK/run"
-[proxy]
-listen = "127.0.0.1:0"
-[ports]
-first = 40000
-last = 49999
-spacing = 4
-[webhooks]
-listen = "127.0.0.1:0"
-secrets_file = "$WORK/secrets.toml"
-TOML
-WIREBOT_LOG=warn "$WIREBOT" --config "$WORK/wirebot.toml" serve --stop-workers-on-exit > "$WORK/ready" 2> "$WORK/log" &
-PID=$!
-for _ in $(seq 400); do grep -q '^wirebot ready' "$WORK/ready" 2>/dev/null && break; sleep 0.05; done
-grep -q '^wirebot ready' "$WORK/ready" || { echo "daemon not ready:"; cat "$WORK/log"; exit 1; }
+. tests/bench/webhook_daemon.sh
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $N members, every ${EVERY}th dedicated (0 = none)"
 python3 - "$WORK" "$SECRET" "$SITE" "$N" "$EVERY" "$PID" <<'PY'
 import base64, hashlib, hmac, http.client, json, re, sqlite3, sys, time
@@ -87,4 +52,6 @@ print(f"{'what':52s} {'seconds':>8s} {'members/s':>10s}")
 print(f"{'receiver: every request answered (baseline)':52s} {accepted:8.2f} {n / accepted:10.0f}")
 print(f"{'converged: every operation done':52s} {converged:8.2f} {n / converged:10.0f}   ratio {accepted / converged:.2f}x")
 print(f"operations failed: {failed}; daemon peak RSS {int(rss) / 1024:.1f} MiB")
+for (error,) in db.execute("SELECT DISTINCT last_error FROM webhook_operations WHERE state = 'failed' LIMIT 3"):
+    print(f"  failed: {error}")
 PY

@@ -8,43 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-50}"
-[ "$(id -u)" = 0 ] || { echo "needs root (tenant uids, cgroups)"; exit 1; }
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet -p supervisor -p worker --bins
-WIREBOT="$(realpath "$TARGET_DIR/release/wirebot")"
-WORK="$(mktemp -d "$(realpath "$TARGET_DIR")/bench-webhook.XXXXXX")"
-chmod 711 "$WORK"
-cleanup() {
-    [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null
-    wait 2>/dev/null || true
-    for p in /proc/[0-9]*; do
-        case "$(readlink "$p/cwd" 2>/dev/null)" in "$WORK"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-SITE="https://network.example"
-printf '[[sites]]\nurl = "%s"\nsecrets = ["%s"]\n' "$SITE" "$SECRET" > "$WORK/secrets.toml"
-chmod 600 "$WORK/secrets.toml"
-cat > "$WORK/wirebot.toml" <<TOML
-data_dir = "$WORK/data"
-runtime_dir = "$WORK/run"
-[proxy]
-listen = "127.0.0.1:0"
-per_member_rps = 0
-[ports]
-first = 40000
-last = 49999
-spacing = 4
-[webhooks]
-listen = "127.0.0.1:0"
-secrets_file = "$WORK/secrets.toml"
-TOML
-WIREBOT_LOG=warn "$WIREBOT" --config "$WORK/wirebot.toml" serve --stop-workers-on-exit > "$WORK/ready" 2> "$WORK/log" &
-PID=$!
-for _ in $(seq 400); do grep -q '^wirebot ready' "$WORK/ready" 2>/dev/null && break; sleep 0.05; done
-grep -q '^wirebot ready' "$WORK/ready" || { echo "daemon not ready:"; cat "$WORK/log"; exit 1; }
+EXTRA_PROXY_TOML="per_member_rps = 0"
+. tests/bench/webhook_daemon.sh
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $N members per tier and path"
 python3 - "$WORK" "$WIREBOT" "$SECRET" "$SITE" "$N" <<'PY'
 import base64, hashlib, hmac, http.client, json, re, subprocess, sys, time
