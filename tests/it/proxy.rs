@@ -866,12 +866,11 @@ async fn a_stopped_worker_is_woken_before_its_next_cron_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_say_whose_fault_it_is() {
-    // A port nobody listens on (bound then closed).
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on: bound but never listening, and held for the whole test, so no other test's
+    // listener can be given the same port (a bound-then-closed port was, once: the request reached that proxy).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = reserved.local_addr().unwrap();
     let hanging = Backend::start("unused").await;
     let (wake_tx, mut wake_rx) = mpsc::channel::<WakeRequest>(8);
     tokio::spawn(async move {
