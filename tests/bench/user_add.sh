@@ -11,25 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS="${1:-100}"
 IDLE_N="${2:-1000}"
-[ "$(id -u)" = 0 ] || { echo "needs root (tenant uids, cgroups)"; exit 1; }
+WORK_NAME=bench-user-add
+. tests/bench/daemon_work.sh
 command -v hyperfine >/dev/null || apt-get install -y hyperfine >/dev/null || { apt-get update >/dev/null && apt-get install -y hyperfine >/dev/null; }
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet -p supervisor -p worker --bins
-WIREBOT="$(realpath "$TARGET_DIR/release/wirebot")"
-
-# Not under /tmp: workers get a private /tmp that would hide their state.
-WORK="$(mktemp -d "$(realpath "$TARGET_DIR")/bench-user-add.XXXXXX")"
-chmod 711 "$WORK"
-cleanup() {
-    [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null
-    wait 2>/dev/null || true
-    # Workers outlive the daemon by design: end this run's (their cwd is under $WORK).
-    for p in /proc/[0-9]*; do
-        case "$(readlink "$p/cwd" 2>/dev/null)" in "$WORK"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 start_daemon() { # $1 = extra TOML
     cat > "$WORK/wirebot.toml" <<TOML

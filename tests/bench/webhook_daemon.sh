@@ -1,21 +1,8 @@
 # Sourced by the webhook benchmarks: starts the real release daemon as root with a signed-webhook receiver on its own
 # loopback listener and cleans up on exit. In: EXTRA_PROXY_TOML (lines for [proxy]). Out: WORK, WIREBOT, SECRET, SITE,
 # PID, and "$WORK/ready" holding the daemon's ready line (proxy= and webhooks= addresses).
-[ "$(id -u)" = 0 ] || { echo "needs root (tenant uids, cgroups)"; exit 1; }
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release --quiet -p supervisor -p worker --bins
-WIREBOT="$(realpath "$TARGET_DIR/release/wirebot")"
-WORK="$(mktemp -d "$(realpath "$TARGET_DIR")/bench-webhook.XXXXXX")"
-chmod 711 "$WORK"
-cleanup() {
-    [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null
-    wait 2>/dev/null || true
-    for p in /proc/[0-9]*; do
-        case "$(readlink "$p/cwd" 2>/dev/null)" in "$WORK"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+WORK_NAME=bench-webhook
+. tests/bench/daemon_work.sh
 SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SITE="https://network.example"
 printf '[[sites]]\nurl = "%s"\nsecrets = ["%s"]\n' "$SITE" "$SECRET" > "$WORK/secrets.toml"
